@@ -1,6 +1,7 @@
 //! Both engines against `kubectl kustomize` (kustomize v5.5) on the same resource and patch:
 //! every case builds a one-resource kustomization in a temp dir, runs kubectl, and compares the
-//! parsed result with ours. No expectation here is written by hand.
+//! parsed result with ours. No expectation here is written by hand. `KUBECTL` picks the kubectl
+//! binary (default: `kubectl` on `PATH`); without one these tests fail.
 
 use std::path::Path;
 use std::process::Command;
@@ -41,11 +42,12 @@ fn kubectl(resource: &str, patch_entry: &str, patch: &str) -> Result<Vec<Value>,
 }
 
 fn run_kubectl(dir: &Path) -> Result<Vec<Value>, String> {
-    let out = Command::new("kubectl")
+    let kubectl = std::env::var("KUBECTL").unwrap_or_else(|_| "kubectl".to_string());
+    let out = Command::new(&kubectl)
         .arg("kustomize")
         .arg(dir)
         .output()
-        .expect("kubectl must be installed to run the conformance tests");
+        .unwrap_or_else(|e| panic!("running {kubectl} (set KUBECTL to choose another): {e}"));
     if out.status.success() {
         Ok(docs(&String::from_utf8_lossy(&out.stdout)))
     } else {
