@@ -44,8 +44,10 @@ pub(crate) fn push_objects(
         Value::Null => Ok(()),
         Value::Object(m) => {
             let kind = m.get("kind").and_then(Value::as_str).unwrap_or_default();
-            if kind.ends_with("List") {
-                if let Some(items) = m.get("items") {
+            if kind.ends_with("List")
+                && let Some(items) = m.get("items")
+            {
+                {
                     let Value::Array(items) = items else {
                         return Err(Error::Invalid {
                             file: file.clone(),

@@ -228,10 +228,10 @@ fn resolve_plain(text: &str) -> Value {
     if let Some(n) = parse_go_int(&plain) {
         return n;
     }
-    if is_yaml_float(&plain) {
-        if let Ok(f) = plain.parse::<f64>() {
-            return float_value(f);
-        }
+    if is_yaml_float(&plain)
+        && let Ok(f) = plain.parse::<f64>()
+    {
+        return float_value(f);
     }
     let lower = plain.as_str();
     for (prefix, radix, neg) in [
@@ -240,10 +240,10 @@ fn resolve_plain(text: &str) -> Value {
         ("0o", 8, false),
         ("-0o", 8, true),
     ] {
-        if let Some(digits) = lower.strip_prefix(prefix) {
-            if let Ok(v) = i64::from_str_radix(digits, radix) {
-                return Value::Number(Number::from(if neg { -v } else { v }));
-            }
+        if let Some(digits) = lower.strip_prefix(prefix)
+            && let Ok(v) = i64::from_str_radix(digits, radix)
+        {
+            return Value::Number(Number::from(if neg { -v } else { v }));
         }
     }
     match text {
@@ -340,10 +340,12 @@ fn is_yaml_float(s: &str) -> bool {
 /// become integers.
 pub(crate) fn float_value(f: f64) -> Value {
     if f.fract() == 0.0 && f.is_finite() {
-        if f >= -9.223_372_036_854_775_808e18 && f < 9.223_372_036_854_775_808e18 {
+        // 2^63 and 2^64 are exact in f64.
+        let two63 = 9_223_372_036_854_775_808_f64;
+        if (-two63..two63).contains(&f) {
             return Value::Number(Number::from(f as i64));
         }
-        if f >= 0.0 && f < 1.844_674_407_370_955_2e19 {
+        if (0.0..2.0 * two63).contains(&f) {
             return Value::Number(Number::from(f as u64));
         }
     }
