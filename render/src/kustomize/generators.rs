@@ -434,11 +434,9 @@ pub(crate) fn content_hash(obj: &Value) -> String {
             Some(v) => v.clone(),
         }
     };
-    let name = obj
-        .get("metadata")
-        .and_then(|m| m.get("name"))
-        .cloned()
-        .unwrap_or(Value::String(String::new()));
+    // Kustomize looks the name up as a single field literally called `metadata/name`, which
+    // never exists: the name is always hashed as "". Matching its output means doing the same.
+    let name = Value::String(String::new());
     let mut m = Map::new();
     m.insert("kind".into(), Value::String(kind.to_string()));
     m.insert("name".into(), name);
