@@ -10,6 +10,8 @@
 //! Post-build `${var}` substitution then runs on every object when variables are given.
 //! [`to_yaml`] prints the result as the `---`-separated stream `kubectl kustomize` prints.
 
+pub mod patch;
+pub mod subst;
 pub mod tree;
 
 mod kustomize;
@@ -155,6 +157,15 @@ pub enum Error {
         /// The patch (file name, or target/inline description).
         patch: String,
     },
+    /// Post-build substitution failed on an object.
+    #[error("substituting variables in {object}")]
+    Subst {
+        /// The object, as `Kind namespace/name`.
+        object: String,
+        /// The cause.
+        #[source]
+        source: subst::Error,
+    },
     /// Two resources end up with the same kind, namespace and name.
     #[error("{file}: {message}")]
     Conflict {
@@ -193,15 +204,28 @@ pub fn render(
 }
 
 fn substitute(
-    objects: Vec<serde_json::Value>,
-    _vars: &Variables,
+    mut objects: Vec<serde_json::Value>,
+    vars: &Variables,
 ) -> Result<Vec<serde_json::Value>, Error> {
-    // Post-build substitution lands with the `subst` module.
-    Err(Error::Unsupported {
-        file: RelPath::root(),
-        field: "postBuild.substitute (variables)".into(),
-    })
-    .map(|()| objects)
+    for obj in &mut objects {
+        let describe = |o: &serde_json::Value| {
+            let s = |p: &str| {
+                o.pointer(p)
+                    .and_then(|v| v.as_str())
+                    .unwrap_or("")
+                    .to_string()
+            };
+            let ns = s("/metadata/namespace");
+            if ns.is_empty() {
+                format!("{} {}", s("/kind"), s("/metadata/name"))
+            } else {
+                format!("{} {}/{}", s("/kind"), ns, s("/metadata/name"))
+            }
+        };
+        let object = describe(obj);
+        subst::substitute(obj, vars).map_err(|source| Error::Subst { object, source })?;
+    }
+    Ok(objects)
 }
 
 /// Prints objects as the `---`-separated YAML stream `kubectl kustomize` prints: keys sorted,

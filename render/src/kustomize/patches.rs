@@ -18,16 +18,14 @@ use crate::{EntryKind, Error, RelPath};
 mod engine {
     use serde_json::Value;
 
-    // The `patch` module lands separately; until then patches are refused clearly.
-    pub(super) fn strategic_merge(_target: &mut Value, _patch: &Value) -> Result<(), String> {
-        Err("strategic merge patches are not available in this build yet".into())
+    pub(super) fn strategic_merge(target: &mut Value, patch: &Value) -> Result<(), String> {
+        crate::patch::strategic_merge(target, patch).map_err(|e| error_chain(&e))
     }
 
-    pub(super) fn json6902(_target: &mut Value, _ops: &Value) -> Result<(), String> {
-        Err("JSON 6902 patches are not available in this build yet".into())
+    pub(super) fn json6902(target: &mut Value, ops: &Value) -> Result<(), String> {
+        crate::patch::json6902(target, ops).map_err(|e| error_chain(&e))
     }
 
-    #[allow(dead_code)]
     fn error_chain(e: &dyn std::error::Error) -> String {
         let mut s = e.to_string();
         let mut cur = e.source();
