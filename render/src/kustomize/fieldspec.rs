@@ -169,7 +169,7 @@ pub(crate) fn is_cluster_scoped(gvk: &Gvk) -> bool {
             | "DeviceClass"
             | "ResourceSlice"
             | "VolumeAttributesClass"
-    ) && !(gvk.kind == "Node" && !gvk.group.is_empty())
+    )
 }
 
 /// Splits a field-spec path on unescaped `/`.

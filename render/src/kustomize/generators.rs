@@ -381,6 +381,8 @@ fn absorb(ra: &mut Vec<Resource>, mut r: Resource, file: &RelPath) -> Result<(),
             set_or_remove(meta, "annotations", merged_ann);
             r.set_name(&name);
             r.set_namespace(&ns);
+            // Build annotations come from the old object only: a hash suffix needs both.
+            r.needs_hash = r.needs_hash && old.needs_hash;
             r.prev = old.prev.clone();
             r.prefixes = old.prefixes.clone();
             r.suffixes = old.suffixes.clone();

@@ -394,3 +394,6 @@ fn append(ra: &mut Vec<Resource>, r: Resource, file: &RelPath) -> Result<(), Err
     ra.push(r);
     Ok(())
 }
+
+#[cfg(test)]
+mod tests;

@@ -458,7 +458,7 @@ pub(crate) fn fix(ra: &mut [Resource]) -> Result<(), String> {
                     let c = &infos[i].cur;
                     is_cluster_scoped(&c.gvk)
                         || c.effective_namespace() == referrer_cur.effective_namespace()
-                        || rb.iter().any(|ns| *ns == c.namespace)
+                        || rb.contains(&c.namespace)
                 })
                 .collect()
         };

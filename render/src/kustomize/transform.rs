@@ -119,8 +119,8 @@ fn set_entries(
     if entries.is_empty() {
         return Ok(());
     }
-    for i in 0..ra.len() {
-        let gvk = ra[i].gvk();
+    for r in ra.iter_mut() {
+        let gvk = r.gvk();
         for spec in specs {
             if !spec.selects(&gvk) {
                 continue;
@@ -142,8 +142,8 @@ fn set_entries(
                     }),
                 }
             };
-            if let Err(e) = walk(&mut ra[i].obj, &path, spec.create, Leaf::Map, &mut set) {
-                return Err(walk_err(file, &ra[i], &spec.path, e));
+            if let Err(e) = walk(&mut r.obj, &path, spec.create, Leaf::Map, &mut set) {
+                return Err(walk_err(file, r, &spec.path, e));
             }
         }
     }
