@@ -8,7 +8,7 @@ use std::process::Command;
 
 use serde_json::Value;
 
-use super::{Error, json6902, strategic_merge};
+use super::{Error, SmpOptions, json6902, strategic_merge, strategic_merge_with};
 
 /// Parses a YAML stream into its documents.
 fn docs(yaml: &str) -> Vec<Value> {
@@ -62,9 +62,17 @@ fn check_smp(resource: &str, patch: &str) {
 }
 
 fn check_smp_entry(resource: &str, patch: &str, entry: &str) {
+    check_smp_options(resource, patch, entry, SmpOptions::default());
+}
+
+fn check_smp_options(resource: &str, patch: &str, entry: &str, options: SmpOptions) {
     let expected = kubectl(resource, entry, patch);
     let mut target = one(resource);
-    let ours = strategic_merge(&mut target, &one(patch));
+    let ours = if options == SmpOptions::default() {
+        strategic_merge(&mut target, &one(patch))
+    } else {
+        strategic_merge_with(&mut target, &one(patch), options)
+    };
     match (expected, ours) {
         (Ok(mut objs), Ok(())) => {
             if target.is_null() {
@@ -720,4 +728,172 @@ fn json6902_failures_match_kustomize_and_name_the_operation() {
     ] {
         check_json(DEPLOYMENT, ops).expect("both fail");
     }
+}
+
+#[test]
+fn smp_more_built_in_shapes() {
+    // Keys compare by their text: a string "80" matches the number 80.
+    check_smp(
+        DEPLOYMENT,
+        &deployment_patch(
+            "spec:\n  template:\n    spec:\n      containers:\n      - name: app\n        ports:\n        - containerPort: \"80\"\n          protocol: TCP\n          name: http\n",
+        ),
+    );
+    // An empty list in the patch, a null list in the target, env value next to valueFrom.
+    check_smp(
+        DEPLOYMENT,
+        &deployment_patch(
+            r#"spec:
+  template:
+    spec:
+      initContainers: []
+      containers:
+      - name: app
+        env:
+        - name: E2
+          value: plain
+      - name: sidecar
+        env:
+        - name: NEW
+          value: x
+      volumes:
+      - name: cfg
+        $patch: delete
+"#,
+        ),
+    );
+    let null_list = "apiVersion: v1\nkind: Pod\nmetadata:\n  name: p\nspec:\n  containers: null\n  volumes: ~\n";
+    check_smp(
+        null_list,
+        "apiVersion: v1\nkind: Pod\nmetadata:\n  name: p\nspec:\n  containers:\n  - name: a\n    image: a\n",
+    );
+    let cronjob = r#"apiVersion: batch/v1
+kind: CronJob
+metadata:
+  name: cj
+spec:
+  schedule: "* * * * *"
+  jobTemplate:
+    spec:
+      template:
+        spec:
+          restartPolicy: Never
+          containers:
+          - name: a
+            image: a
+"#;
+    check_smp(
+        cronjob,
+        "apiVersion: batch/v1\nkind: CronJob\nmetadata:\n  name: cj\nspec:\n  jobTemplate:\n    spec:\n      template:\n        spec:\n          containers:\n          - name: b\n            image: b\n",
+    );
+    // A kind newer than kustomize's embedded schema has no merge keys: lists are replaced.
+    let hpa = r#"apiVersion: autoscaling/v2
+kind: HorizontalPodAutoscaler
+metadata:
+  name: h
+spec:
+  scaleTargetRef:
+    apiVersion: apps/v1
+    kind: Deployment
+    name: web
+  maxReplicas: 3
+  metrics:
+  - type: Resource
+    resource:
+      name: cpu
+      target:
+        type: Utilization
+        averageUtilization: 50
+"#;
+    check_smp(
+        hpa,
+        "apiVersion: autoscaling/v2\nkind: HorizontalPodAutoscaler\nmetadata:\n  name: h\nspec:\n  maxReplicas: 5\n  metrics:\n  - type: Resource\n    resource:\n      name: memory\n      target:\n        type: Utilization\n        averageUtilization: 70\n",
+    );
+    let sts = r#"apiVersion: apps/v1
+kind: StatefulSet
+metadata:
+  name: s
+spec:
+  serviceName: s
+  template:
+    spec:
+      containers:
+      - name: a
+        image: a
+        volumeMounts:
+        - name: d
+          mountPath: /d
+  volumeClaimTemplates:
+  - metadata:
+      name: d
+    spec:
+      resources:
+        requests:
+          storage: 1Gi
+"#;
+    check_smp(
+        sts,
+        "apiVersion: apps/v1\nkind: StatefulSet\nmetadata:\n  name: s\nspec:\n  template:\n    spec:\n      containers:\n      - name: a\n        volumeMounts:\n        - name: e\n          mountPath: /e\n  volumeClaimTemplates:\n  - metadata:\n      name: e\n",
+    );
+}
+
+#[test]
+fn smp_labels_annotations_and_data_maps() {
+    let cm =
+        "apiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: cm\ndata:\n  a: \"1\"\n  b: \"2\"\n";
+    check_smp(
+        cm,
+        "apiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: cm\n  labels:\n    gone: null\n    x: y\n  annotations:\n    note: \"hi\"\ndata:\n  a: null\n  c: \"3\"\n",
+    );
+    check_smp(
+        cm,
+        "apiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: cm\ndata:\n  $patch: replace\n  only: \"1\"\n",
+    );
+}
+
+#[test]
+fn smp_options_allow_name_and_kind_change() {
+    let resource = "apiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: cm\n  namespace: ns\ndata:\n  a: \"1\"\n";
+    let patch = "apiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: renamed\n  namespace: other\n";
+    check_smp_options(
+        resource,
+        patch,
+        "- path: patch.yaml\n  target:\n    kind: ConfigMap\n  options:\n    allowNameChange: true\n",
+        SmpOptions {
+            allow_name_change: true,
+            ..SmpOptions::default()
+        },
+    );
+    let patch = "apiVersion: v1\nkind: Secret\nmetadata:\n  name: cm\n";
+    check_smp_options(
+        resource,
+        patch,
+        "- path: patch.yaml\n  target:\n    kind: ConfigMap\n  options:\n    allowKindChange: true\n",
+        SmpOptions {
+            allow_kind_change: true,
+            ..SmpOptions::default()
+        },
+    );
+}
+
+#[test]
+fn smp_malformed_lists_fail_or_merge_like_kustomize() {
+    check_smp(DEPLOYMENT, &deployment_patch("  finalizers:\n  - a: 1\n"));
+    check_smp(
+        DEPLOYMENT,
+        &deployment_patch(
+            "spec:\n  template:\n    spec:\n      containers:\n      - just-a-string\n",
+        ),
+    );
+    check_smp(
+        DEPLOYMENT,
+        &deployment_patch(
+            "spec:\n  template:\n    spec:\n      containers:\n      - null\n      - {}\n",
+        ),
+    );
+    check_smp(DEPLOYMENT, &deployment_patch("spec: null\n"));
+    check_smp(
+        DEPLOYMENT,
+        &deployment_patch("spec:\n  template:\n    spec:\n      containers: null\n"),
+    );
 }
