@@ -897,3 +897,228 @@ fn smp_malformed_lists_fail_or_merge_like_kustomize() {
         &deployment_patch("spec:\n  template:\n    spec:\n      containers: null\n"),
     );
 }
+
+/// A small deterministic generator (xorshift) so the randomised comparison is reproducible.
+struct Rng(u64);
+
+impl Rng {
+    fn next(&mut self) -> u64 {
+        self.0 ^= self.0 << 13;
+        self.0 ^= self.0 >> 7;
+        self.0 ^= self.0 << 17;
+        self.0
+    }
+
+    fn below(&mut self, n: usize) -> usize {
+        (self.next() % n as u64) as usize
+    }
+
+    fn chance(&mut self, percent: u64) -> bool {
+        self.next() % 100 < percent
+    }
+
+    fn pick<'a>(&mut self, items: &[&'a str]) -> &'a str {
+        items[self.below(items.len())]
+    }
+
+    /// A random subset of `items`, in random order.
+    fn subset<'a>(&mut self, items: &[&'a str]) -> Vec<&'a str> {
+        let mut out: Vec<&str> = items.iter().copied().filter(|_| self.chance(50)).collect();
+        for i in (1..out.len()).rev() {
+            let j = self.below(i + 1);
+            out.swap(i, j);
+        }
+        out
+    }
+}
+
+fn random_container(rng: &mut Rng, name: &str, patch: bool) -> Value {
+    let mut c = serde_json::Map::new();
+    c.insert("name".into(), Value::from(name));
+    if !patch || rng.chance(60) {
+        c.insert(
+            "image".into(),
+            Value::from(format!("{name}:{}", rng.below(3))),
+        );
+    }
+    if patch && rng.chance(15) {
+        c.insert(
+            "$patch".into(),
+            Value::from(rng.pick(&["delete", "replace"])),
+        );
+    }
+    if rng.chance(50) {
+        let ports: Vec<Value> = rng
+            .subset(&["80", "443", "9090"])
+            .into_iter()
+            .map(|p| {
+                let mut port = serde_json::json!({"containerPort": p.parse::<u16>().unwrap_or(80)});
+                if rng.chance(40) {
+                    port["protocol"] = Value::from(rng.pick(&["TCP", "UDP"]));
+                }
+                if rng.chance(30) {
+                    port["name"] = Value::from(format!("p{}", rng.below(9)));
+                }
+                port
+            })
+            .collect();
+        c.insert("ports".into(), Value::Array(ports));
+    }
+    if rng.chance(50) {
+        let env: Vec<Value> = rng
+            .subset(&["A", "B", "C", "D"])
+            .into_iter()
+            .map(|n| {
+                if patch && rng.chance(20) {
+                    serde_json::json!({"name": n, "$patch": "delete"})
+                } else if patch && rng.chance(20) {
+                    serde_json::json!({"name": n, "value": null})
+                } else {
+                    serde_json::json!({"name": n, "value": format!("{}", rng.below(5))})
+                }
+            })
+            .collect();
+        c.insert("env".into(), Value::Array(env));
+    }
+    if rng.chance(40) {
+        let mounts: Vec<Value> = rng
+            .subset(&["/a", "/b", "/c"])
+            .into_iter()
+            .map(|m| serde_json::json!({"name": format!("v{}", rng.below(3)), "mountPath": m}))
+            .collect();
+        c.insert("volumeMounts".into(), Value::Array(mounts));
+    }
+    if rng.chance(30) {
+        let args: Vec<Value> = rng
+            .subset(&["-x", "-y", "-z"])
+            .into_iter()
+            .map(Value::from)
+            .collect();
+        c.insert("args".into(), Value::Array(args));
+    }
+    if patch && rng.chance(15) {
+        c.insert("image".into(), Value::Null);
+    }
+    Value::Object(c)
+}
+
+fn random_deployment(rng: &mut Rng, name: &str, patch: bool) -> Value {
+    let containers: Vec<Value> = rng
+        .subset(&["a", "b", "c", "d"])
+        .into_iter()
+        .map(|n| random_container(rng, n, patch))
+        .collect();
+    let mut spec = serde_json::Map::new();
+    if !containers.is_empty() || !patch {
+        let mut list = containers;
+        if patch && rng.chance(10) {
+            list.insert(0, serde_json::json!({"$patch": "replace"}));
+        }
+        spec.insert("containers".into(), Value::Array(list));
+    }
+    if rng.chance(40) {
+        let volumes: Vec<Value> = rng
+            .subset(&["v0", "v1", "v2"])
+            .into_iter()
+            .map(|v| serde_json::json!({"name": v, "emptyDir": {}}))
+            .collect();
+        spec.insert("volumes".into(), Value::Array(volumes));
+    }
+    if rng.chance(30) {
+        let tolerations: Vec<Value> = rng
+            .subset(&["k1", "k2"])
+            .into_iter()
+            .map(|k| serde_json::json!({"key": k, "operator": "Exists"}))
+            .collect();
+        spec.insert("tolerations".into(), Value::Array(tolerations));
+    }
+    let mut meta = serde_json::json!({"name": name});
+    if rng.chance(50) {
+        let fins: Vec<Value> = rng
+            .subset(&["f1", "f2", "f3"])
+            .into_iter()
+            .map(Value::from)
+            .collect();
+        meta["finalizers"] = Value::Array(fins);
+    }
+    if rng.chance(50) {
+        let mut labels = serde_json::Map::new();
+        for l in rng.subset(&["x", "y", "z"]) {
+            let v = if patch && rng.chance(30) {
+                Value::Null
+            } else {
+                Value::from(format!("{}", rng.below(3)))
+            };
+            labels.insert(l.into(), v);
+        }
+        meta["labels"] = Value::Object(labels);
+    }
+    let mut d = serde_json::json!({
+        "apiVersion": "apps/v1",
+        "kind": "Deployment",
+        "metadata": meta,
+        "spec": {"template": {"spec": Value::Object(spec)}},
+    });
+    if patch && rng.chance(10) {
+        d["spec"]["replicas"] = Value::from(rng.below(4));
+    }
+    if !patch {
+        d["spec"]["replicas"] = Value::from(1);
+        d["spec"]["selector"] = serde_json::json!({"matchLabels": {"app": name}});
+    }
+    d
+}
+
+#[test]
+fn smp_randomised_deployments_match_kustomize() {
+    const CASES: usize = 300;
+    let mut rng = Rng(0x5eed_f107_111a_0001);
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mut kustomization = String::from("resources:\n- resources.yaml\npatches:\n");
+    let mut resources = String::new();
+    let mut cases = Vec::new();
+    for i in 0..CASES {
+        let name = format!("web-{i}");
+        let target = random_deployment(&mut rng, &name, false);
+        let patch = random_deployment(&mut rng, &name, true);
+        resources.push_str("---\n");
+        resources.push_str(&serde_yaml::to_string(&target).expect("yaml"));
+        let file = format!("patch-{i}.yaml");
+        std::fs::write(
+            dir.path().join(&file),
+            serde_yaml::to_string(&patch).expect("yaml"),
+        )
+        .expect("write patch");
+        kustomization.push_str(&format!("- path: {file}\n"));
+        cases.push((name, target, patch));
+    }
+    std::fs::write(dir.path().join("resources.yaml"), resources).expect("write");
+    std::fs::write(dir.path().join("kustomization.yaml"), kustomization).expect("write");
+    let output = run_kubectl(dir.path()).expect("kustomize builds the randomised tree");
+    let by_name = |name: &str| {
+        output
+            .iter()
+            .find(|o| o["metadata"]["name"].as_str() == Some(name))
+            .cloned()
+    };
+    let mut mismatches = Vec::new();
+    for (name, mut target, patch) in cases {
+        strategic_merge(&mut target, &patch).expect("our merge succeeds where kustomize did");
+        let want = by_name(&name);
+        let ours = (!target.is_null()).then_some(target);
+        if ours != want {
+            mismatches.push(format!(
+                "{name}\npatch:\n{}\nours:\n{}\nkustomize:\n{}",
+                serde_yaml::to_string(&patch).unwrap_or_default(),
+                serde_yaml::to_string(&ours).unwrap_or_default(),
+                serde_yaml::to_string(&want).unwrap_or_default(),
+            ));
+        }
+    }
+    assert!(
+        mismatches.is_empty(),
+        "{} of {CASES} differ; first:\n{}",
+        mismatches.len(),
+        mismatches[0]
+    );
+}
