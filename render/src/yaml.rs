@@ -47,6 +47,8 @@ pub fn parse_stream(text: &str) -> Result<Vec<Doc>, YamlError> {
             Event::StreamStart | Event::DocumentEnd | Event::Nothing => {}
             Event::StreamEnd => break,
             Event::DocumentStart => {
+                // Anchors do not cross documents.
+                p.anchors.clear();
                 let (ev, mark) = p.next()?;
                 if matches!(ev, Event::DocumentEnd) {
                     docs.push(Doc {
