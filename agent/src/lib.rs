@@ -3,6 +3,14 @@
 //! The agent receives signed bundles from the hub, verifies them, applies them with server-side
 //! apply, prunes what left Git, and watches what it applied to correct drift.
 
+pub mod apply;
+pub mod drift;
+pub mod health;
+pub mod inventory;
+pub mod object;
+pub mod reconcile;
+pub mod store;
+
 use std::path::PathBuf;
 
 use anyhow::Context as _;
