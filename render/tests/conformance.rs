@@ -58,7 +58,8 @@ fn build_paths(fixture: &Path) -> anyhow::Result<Vec<String>> {
     if !build.exists() {
         return Ok(vec![String::new()]);
     }
-    let text = std::fs::read_to_string(&build).with_context(|| format!("reading {}", build.display()))?;
+    let text =
+        std::fs::read_to_string(&build).with_context(|| format!("reading {}", build.display()))?;
     let paths: Vec<String> = text
         .lines()
         .map(|l| l.split('#').next().unwrap_or_default().trim().to_string())
@@ -149,7 +150,11 @@ fn kubectl_build(fixture: &Path, path: &str) -> anyhow::Result<String> {
         std::fs::write(scratch.path().join("kustomization.yaml"), k)?;
         scratch.path().to_path_buf()
     };
-    let output = match Command::new(kubectl()).arg("kustomize").arg(&build_dir).output() {
+    let output = match Command::new(kubectl())
+        .arg("kustomize")
+        .arg(&build_dir)
+        .output()
+    {
         Ok(o) => o,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => panic!(
             "the conformance suite needs `kubectl` (v1.32, kustomize v5.5.0) on PATH, or KUBECTL \
@@ -182,7 +187,12 @@ fn parse_stream(text: &str) -> anyhow::Result<Vec<Value>> {
 
 /// `Kind namespace/name` of a document, for messages.
 fn ident(doc: &Value) -> String {
-    let s = |p: &str| doc.pointer(p).and_then(Value::as_str).unwrap_or("?").to_string();
+    let s = |p: &str| {
+        doc.pointer(p)
+            .and_then(Value::as_str)
+            .unwrap_or("?")
+            .to_string()
+    };
     let ns = doc
         .pointer("/metadata/namespace")
         .and_then(Value::as_str)
@@ -247,9 +257,22 @@ fn compare(want: &[Value], got: &[Value]) -> Option<String> {
     }
     let mut report = String::new();
     if want.len() != got.len() {
-        let _ = writeln!(report, "    kubectl printed {} documents, flotilla {}", want.len(), got.len());
-        let _ = writeln!(report, "      kubectl:  {}", want.iter().map(ident).collect::<Vec<_>>().join(", "));
-        let _ = writeln!(report, "      flotilla: {}", got.iter().map(ident).collect::<Vec<_>>().join(", "));
+        let _ = writeln!(
+            report,
+            "    kubectl printed {} documents, flotilla {}",
+            want.len(),
+            got.len()
+        );
+        let _ = writeln!(
+            report,
+            "      kubectl:  {}",
+            want.iter().map(ident).collect::<Vec<_>>().join(", ")
+        );
+        let _ = writeln!(
+            report,
+            "      flotilla: {}",
+            got.iter().map(ident).collect::<Vec<_>>().join(", ")
+        );
     }
     for (i, (w, g)) in want.iter().zip(got).enumerate() {
         if w == g {
@@ -257,12 +280,21 @@ fn compare(want: &[Value], got: &[Value]) -> Option<String> {
         }
         let mut lines = Vec::new();
         diff("", w, g, &mut lines);
-        let _ = writeln!(report, "    document {i}: kubectl {} / flotilla {}", ident(w), ident(g));
+        let _ = writeln!(
+            report,
+            "    document {i}: kubectl {} / flotilla {}",
+            ident(w),
+            ident(g)
+        );
         for l in lines.iter().take(25) {
             let _ = writeln!(report, "      {l}");
         }
         if lines.len() > 25 {
-            let _ = writeln!(report, "      ... {} more differing paths", lines.len() - 25);
+            let _ = writeln!(
+                report,
+                "      ... {} more differing paths",
+                lines.len() - 25
+            );
         }
     }
     Some(report)
@@ -275,9 +307,11 @@ fn check(fixture: &Path) -> anyhow::Result<Option<String>> {
     let tree = FsTree::new(fixture)?;
     for path in build_paths(fixture)? {
         let shown = if path.is_empty() { "." } else { path.as_str() };
-        let want = parse_stream(&kubectl_build(fixture, &path)?).context("parsing kubectl's output")?;
+        let want =
+            parse_stream(&kubectl_build(fixture, &path)?).context("parsing kubectl's output")?;
         let rel = RelPath::new(&path)?;
-        let got = match flotilla_render::render(&tree, &rel, &Variables::new(), &Options::default()) {
+        let got = match flotilla_render::render(&tree, &rel, &Variables::new(), &Options::default())
+        {
             Ok(objects) => objects,
             Err(e) => {
                 let _ = writeln!(report, "  {shown}: flotilla failed: {e}");
@@ -285,14 +319,20 @@ fn check(fixture: &Path) -> anyhow::Result<Option<String>> {
             }
         };
         if let Some(r) = compare(&want, &got) {
-            let _ = writeln!(report, "  {shown}: objects differ from kubectl kustomize\n{r}");
+            let _ = writeln!(
+                report,
+                "  {shown}: objects differ from kubectl kustomize\n{r}"
+            );
             continue;
         }
         // The printed stream must carry the same documents as the objects it prints.
         match parse_stream(&flotilla_render::to_yaml(&got)) {
             Ok(printed) => {
                 if let Some(r) = compare(&want, &printed) {
-                    let _ = writeln!(report, "  {shown}: to_yaml output differs from kubectl kustomize\n{r}");
+                    let _ = writeln!(
+                        report,
+                        "  {shown}: to_yaml output differs from kubectl kustomize\n{r}"
+                    );
                 }
             }
             Err(e) => {
@@ -300,7 +340,11 @@ fn check(fixture: &Path) -> anyhow::Result<Option<String>> {
             }
         }
     }
-    Ok(if report.is_empty() { None } else { Some(report) })
+    Ok(if report.is_empty() {
+        None
+    } else {
+        Some(report)
+    })
 }
 
 #[test]
@@ -311,28 +355,45 @@ fn fixtures_match_kubectl_kustomize() -> anyhow::Result<()> {
     let all = fixtures()?;
     let names: BTreeSet<String> = all
         .iter()
-        .map(|p| p.file_name().unwrap_or_default().to_string_lossy().into_owned())
+        .map(|p| {
+            p.file_name()
+                .unwrap_or_default()
+                .to_string_lossy()
+                .into_owned()
+        })
         .collect();
 
     let mut problems = Vec::new();
     for stale in known.difference(&names) {
-        problems.push(format!("KNOWN_FAILING lists {stale}, which is not a fixture"));
+        problems.push(format!(
+            "KNOWN_FAILING lists {stale}, which is not a fixture"
+        ));
     }
 
     let selected: Vec<&PathBuf> = all
         .iter()
-        .filter(|p| only.as_deref().is_none_or(|o| p.to_string_lossy().contains(o)))
+        .filter(|p| {
+            only.as_deref()
+                .is_none_or(|o| p.to_string_lossy().contains(o))
+        })
         .collect();
     // kubectl is the slow side: check fixtures on a few threads.
-    let threads = std::thread::available_parallelism().map_or(2, |n| n.get()).clamp(1, 4);
+    let threads = std::thread::available_parallelism()
+        .map_or(2, |n| n.get())
+        .clamp(1, 4);
     let results: Vec<(String, anyhow::Result<Option<String>>)> = std::thread::scope(|s| {
         let handles: Vec<_> = (0..threads)
             .map(|t| {
-                let mine: Vec<&PathBuf> = selected.iter().skip(t).step_by(threads).copied().collect();
+                let mine: Vec<&PathBuf> =
+                    selected.iter().skip(t).step_by(threads).copied().collect();
                 s.spawn(move || {
                     mine.into_iter()
                         .map(|p| {
-                            let name = p.file_name().unwrap_or_default().to_string_lossy().into_owned();
+                            let name = p
+                                .file_name()
+                                .unwrap_or_default()
+                                .to_string_lossy()
+                                .into_owned();
                             (name, check(p))
                         })
                         .collect::<Vec<_>>()

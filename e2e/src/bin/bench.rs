@@ -68,7 +68,10 @@ fn main() -> Result<()> {
     match args.command {
         Cmd::Render(a) => render_bench(&a),
         Cmd::RenderChild { dir, clusters } => {
-            let docs = render_all_flotilla(&dir, clusters)?.iter().map(Vec::len).sum::<usize>();
+            let docs = render_all_flotilla(&dir, clusters)?
+                .iter()
+                .map(Vec::len)
+                .sum::<usize>();
             out(&format!("docs={docs} peak_rss_kib={}", peak_rss_kib()?));
             Ok(())
         }
@@ -90,7 +93,11 @@ const ENVS: [&str; 3] = ["dev", "staging", "production"];
 const REGIONS: [&str; 4] = ["eu", "us", "ap", "sa"];
 
 fn cluster_name(i: usize) -> String {
-    format!("{}-{}-{i:03}", ENVS[i % ENVS.len()], REGIONS[(i / 3) % REGIONS.len()])
+    format!(
+        "{}-{}-{i:03}",
+        ENVS[i % ENVS.len()],
+        REGIONS[(i / 3) % REGIONS.len()]
+    )
 }
 
 fn write(root: &Path, rel: &str, text: &str) -> Result<()> {
@@ -499,7 +506,11 @@ fn parse_stream(text: &str) -> Result<Vec<Value>> {
 /// The first difference between kubectl's and flotilla's documents, for the abort message.
 fn first_difference(want: &[Value], got: &[Value]) -> String {
     if want.len() != got.len() {
-        return format!("kubectl printed {} documents, flotilla {}", want.len(), got.len());
+        return format!(
+            "kubectl printed {} documents, flotilla {}",
+            want.len(),
+            got.len()
+        );
     }
     for (i, (w, g)) in want.iter().zip(got).enumerate() {
         if w != g {
@@ -524,7 +535,8 @@ fn ms(d: Duration) -> f64 {
 
 /// The process's peak resident set size (VmHWM) in KiB.
 fn peak_rss_kib() -> Result<u64> {
-    let status = std::fs::read_to_string("/proc/self/status").context("reading /proc/self/status")?;
+    let status =
+        std::fs::read_to_string("/proc/self/status").context("reading /proc/self/status")?;
     status
         .lines()
         .find_map(|l| l.strip_prefix("VmHWM:"))
@@ -549,7 +561,11 @@ fn render_bench(a: &RenderArgs) -> Result<()> {
         None => scratch.path().to_path_buf(),
     };
     generate(&root, a.clusters)?;
-    out(&format!("generated fleet tree: {} clusters in {}", a.clusters, root.display()));
+    out(&format!(
+        "generated fleet tree: {} clusters in {}",
+        a.clusters,
+        root.display()
+    ));
 
     // flotilla, in-process, every cluster per iteration.
     let mut flotilla_times = Vec::new();
@@ -588,12 +604,20 @@ fn render_bench(a: &RenderArgs) -> Result<()> {
 
     // Peak memory of a process that does nothing but render every cluster once.
     let child = Command::new(std::env::current_exe()?)
-        .args(["render-child", "--clusters", &a.clusters.to_string(), "--dir"])
+        .args([
+            "render-child",
+            "--clusters",
+            &a.clusters.to_string(),
+            "--dir",
+        ])
         .arg(&root)
         .output()
         .context("running the render-child process")?;
     if !child.status.success() {
-        bail!("render-child failed: {}", String::from_utf8_lossy(&child.stderr).trim());
+        bail!(
+            "render-child failed: {}",
+            String::from_utf8_lossy(&child.stderr).trim()
+        );
     }
     let child_out = String::from_utf8(child.stdout)?;
     let peak_kib: u64 = child_out
@@ -608,7 +632,11 @@ fn render_bench(a: &RenderArgs) -> Result<()> {
     let peak_mib = peak_kib as f64 / 1024.0;
 
     let mut table = String::new();
-    writeln!(table, "\nlarge fleet tree ({} clusters, {docs} documents)", a.clusters)?;
+    writeln!(
+        table,
+        "\nlarge fleet tree ({} clusters, {docs} documents)",
+        a.clusters
+    )?;
     writeln!(table, "  iterations                   {}", a.iterations)?;
     writeln!(
         table,
@@ -650,7 +678,10 @@ fn render_bench(a: &RenderArgs) -> Result<()> {
 }
 
 fn fmt_runs(runs: &[Duration]) -> String {
-    runs.iter().map(|d| format!("{:.1}", ms(*d))).collect::<Vec<_>>().join(", ")
+    runs.iter()
+        .map(|d| format!("{:.1}", ms(*d)))
+        .collect::<Vec<_>>()
+        .join(", ")
 }
 
 /// Times the conformance trees both ways: every build path of every fixture that flotilla
@@ -724,15 +755,27 @@ fn conformance_bench(a: &RenderArgs) -> Result<()> {
         matching.len(),
         builds.len()
     )?;
-    writeln!(table, "  flotilla, all timed builds   median {:.1} ms", ms(f))?;
-    writeln!(table, "  kubectl kustomize, same      median {:.1} ms", ms(k))?;
+    writeln!(
+        table,
+        "  flotilla, all timed builds   median {:.1} ms",
+        ms(f)
+    )?;
+    writeln!(
+        table,
+        "  kubectl kustomize, same      median {:.1} ms",
+        ms(k)
+    )?;
     writeln!(
         table,
         "  speed-up                     {:.1}x",
         k.as_secs_f64() / f.as_secs_f64().max(1e-9)
     )?;
     if !mismatched.is_empty() {
-        writeln!(table, "  not timed (not yet identical): {}", mismatched.len())?;
+        writeln!(
+            table,
+            "  not timed (not yet identical): {}",
+            mismatched.len()
+        )?;
     }
     out(&table);
     Ok(())
