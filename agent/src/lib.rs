@@ -3,6 +3,8 @@
 //! The agent receives signed bundles from the hub, verifies them, applies them with server-side
 //! apply, prunes what left Git, and watches what it applied to correct drift.
 
+pub mod verify;
+
 use std::path::PathBuf;
 
 use anyhow::Context as _;
