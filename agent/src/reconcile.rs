@@ -222,6 +222,12 @@ impl Reconciler {
         self.apply_inner(desired, true).await
     }
 
+    /// Applies a bundle without storing it as the delivery's last verified one: for one-shot
+    /// local applies (`flotilla-agent apply`).
+    pub async fn apply_unstored(&self, desired: Desired) -> Result<Outcome, Error> {
+        self.apply_inner(desired, false).await
+    }
+
     async fn apply_inner(&self, desired: Desired, persist: bool) -> Result<Outcome, Error> {
         let _guard = self.inner.apply_lock.lock().await;
         let d = desired.delivery.clone();
