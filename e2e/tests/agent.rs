@@ -410,3 +410,87 @@ async fn a_restarted_agent_resumes_from_the_stored_bundle() -> Result<()> {
     assert_eq!(cms.get("cfg").await?.data.unwrap()["value"], "stored");
     Ok(())
 }
+
+#[tokio::test]
+async fn a_namespace_scoped_agent_reports_forbidden_objects_by_name() -> Result<()> {
+    if skip_unless_e2e() {
+        return Ok(());
+    }
+    let c = TestCluster::start("agent-rbac").await?;
+    let admin = c.client().await?;
+    // The namespace-scoped agent RBAC documented in docs/agent.md, for namespace team-a.
+    for ns in ["team-a", "team-b"] {
+        kubectl(&c, &["create", "namespace", ns], None)?;
+    }
+    let rbac = std::fs::read_to_string(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../docs/rbac/agent-namespaced.yaml"
+    ))?
+    .replace("NAMESPACE", "team-a");
+    let file = tempfile::NamedTempFile::new()?;
+    std::fs::write(file.path(), rbac)?;
+    kubectl(&c, &["apply", "-f", file.path().to_str().unwrap()], None)?;
+    let token = kubectl(
+        &c,
+        &["-n", "team-a", "create", "token", "flotilla-agent"],
+        None,
+    )?;
+
+    let mut config = kube::Config::new(c.server_url().parse()?);
+    config.root_cert = Some(vec![pem_der(&c.ca_pem()?)?]);
+    config.auth_info.token = Some(token.trim().to_string().into());
+    let as_agent = kube::Client::try_from(config)?;
+    let rec = Reconciler::new(
+        Applier::new(as_agent, ApplyConfig::default()),
+        ReconcilerConfig {
+            state_namespace: "team-a".into(),
+            watch_namespace: Some("team-a".into()),
+        },
+    );
+    let out = rec
+        .apply(desired(
+            "team",
+            1,
+            vec![cm("team-a", "mine", "ok"), cm("team-b", "theirs", "no")],
+        ))
+        .await?;
+    assert_eq!(out.status, Status::ApplyFailed);
+    let theirs = out
+        .results
+        .iter()
+        .find(|r| r.object.name == "theirs")
+        .unwrap();
+    assert_eq!(theirs.action, Action::Failed);
+    let msg = theirs.message.as_deref().unwrap_or_default();
+    assert!(msg.contains("forbidden") && msg.contains("team-b"), "{msg}");
+    assert!(
+        out.message.contains("ConfigMap/team-b/theirs"),
+        "{}",
+        out.message
+    );
+    let mine = out
+        .results
+        .iter()
+        .find(|r| r.object.name == "mine")
+        .unwrap();
+    assert_eq!(mine.action, Action::Created);
+    assert!(
+        Api::<ConfigMap>::namespaced(admin.clone(), "team-a")
+            .get_opt("mine")
+            .await?
+            .is_some()
+    );
+    assert!(
+        Api::<ConfigMap>::namespaced(admin, "team-b")
+            .get_opt("theirs")
+            .await?
+            .is_none()
+    );
+    Ok(())
+}
+
+fn pem_der(pem: &str) -> Result<Vec<u8>> {
+    use base64::Engine as _;
+    let body: String = pem.lines().filter(|l| !l.starts_with("-----")).collect();
+    Ok(base64::engine::general_purpose::STANDARD.decode(body)?)
+}
