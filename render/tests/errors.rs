@@ -280,23 +280,6 @@ fn remote_base_is_refused_even_when_allowed_because_rendering_never_fetches() {
 }
 
 #[test]
-fn targeted_patch_selecting_nothing_is_an_error() {
-    // A deliberate difference from kubectl kustomize, which ignores such a patch silently.
-    let dir = tree(&[
-        (
-            "kustomization.yaml",
-            "resources:\n  - deployment.yaml\npatches:\n  - target:\n      kind: StatefulSet\n      name: web\n    patch: |-\n      - op: replace\n        path: /spec/replicas\n        value: 2\n",
-        ),
-        ("deployment.yaml", DEPLOYMENT),
-    ]);
-    let err = render_err(dir.path(), "");
-    assert_eq!(
-        err,
-        "kustomization.yaml: patch (inline: \"- op: replace\"...) (target kind=StatefulSet name=web) matches no resource"
-    );
-}
-
-#[test]
 fn unsupported_kustomize_field_is_named() {
     let dir = tree(&[
         (
