@@ -6,8 +6,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use flotilla_hub::source::{
-    Auth, Error, FailureReason, GitCache, GitRef, GitSource, Limits, PollOptions, Secret,
-    Snapshot, SourcePoller, SourceStatus,
+    Auth, Error, FailureReason, GitCache, GitRef, GitSource, Limits, PollOptions, Secret, Snapshot,
+    SourcePoller, SourceStatus,
 };
 use flotilla_render::{EntryKind, RelPath, Tree, TreeError};
 use support::{GitHttpServer, ServerAuth, Upstream};
@@ -134,7 +134,11 @@ fn tags_and_semver_ranges_pick_the_right_commit() {
 
     let range = GitSource::new("s", up.path_url(), GitRef::Semver(">=1.2.0 <2.0.0".into()));
     let s = cache.fetch(&range).unwrap();
-    assert_eq!(s.resolved_ref(), Some("1.5.3"), "highest match, pre-release excluded");
+    assert_eq!(
+        s.resolved_ref(),
+        Some("1.5.3"),
+        "highest match, pre-release excluded"
+    );
     assert_eq!(s.commit(), ids["1.5.3"]);
     assert_eq!(read(&s, "version.txt"), "1.5.3");
 
@@ -143,7 +147,10 @@ fn tags_and_semver_ranges_pick_the_right_commit() {
     let newer = up.commit("v1.9.0");
     up.git(&["tag", "v1.9.0"]);
     let s = cache.fetch(&range).unwrap();
-    assert_eq!((s.resolved_ref(), s.commit()), (Some("v1.9.0"), newer.clone()));
+    assert_eq!(
+        (s.resolved_ref(), s.commit()),
+        (Some("v1.9.0"), newer.clone())
+    );
     up.git(&["tag", "-d", "v1.9.0"]);
     let s = cache.fetch(&range).unwrap();
     assert_eq!(s.resolved_ref(), Some("1.5.3"));
@@ -218,7 +225,10 @@ fn snapshot_tree_follows_inner_symlinks_and_refuses_escapes() {
     assert_eq!(s.kind(&p("apps/base/deploy.yaml/x")).unwrap(), None);
 
     let err = s.read(&p("apps/escape")).unwrap_err();
-    assert_eq!(err.to_string(), "apps/escape is a symlink that leaves the source root");
+    assert_eq!(
+        err.to_string(),
+        "apps/escape is a symlink that leaves the source root"
+    );
     let err = s.read(&p("absolute")).unwrap_err();
     assert!(matches!(err, TreeError::SymlinkEscape { .. }), "{err}");
     // Listing a directory holding an escaping symlink fails, as the on-disk tree does.
@@ -249,15 +259,26 @@ fn snapshot_tree_follows_inner_symlinks_and_refuses_escapes() {
         Err(TreeError::NotFound { .. })
     ));
     let err = s.read(&p("loop-a")).unwrap_err();
-    assert!(err.to_string().contains("too many levels of symbolic links"), "{err}");
+    assert!(
+        err.to_string()
+            .contains("too many levels of symbolic links"),
+        "{err}"
+    );
 }
 
 #[test]
 fn repository_size_limit_refuses_the_fetch() {
     let up = Upstream::new();
     // Incompressible content so the pack is really large.
-    let noise: String = (0..200_000u32)
-        .map(|i| char::from(b'a' + (i.wrapping_mul(2_654_435_761) >> 27) as u8 % 26))
+    let mut state = 0x9E37_79B9_7F4A_7C15u64;
+    let noise: String = (0..200_000)
+        .map(|_| {
+            // xorshift64: incompressible enough that the pack stays large.
+            state ^= state << 13;
+            state ^= state >> 7;
+            state ^= state << 17;
+            char::from(b'a' + (state % 26) as u8)
+        })
         .collect();
     up.write("noise.txt", &noise);
     up.commit("big");
@@ -265,8 +286,14 @@ fn repository_size_limit_refuses_the_fetch() {
     let mut source = GitSource::new("big", up.path_url(), GitRef::Branch("main".into()));
     source.limits.max_repo_bytes = 50_000;
     let err = cache.fetch(&source).unwrap_err();
-    assert!(matches!(err, Error::RepositoryTooLarge { limit: 50_000, .. }), "{err}");
-    assert!(err.to_string().contains("over the limit of 50000 bytes"), "{err}");
+    assert!(
+        matches!(err, Error::RepositoryTooLarge { limit: 50_000, .. }),
+        "{err}"
+    );
+    assert!(
+        err.to_string().contains("over the limit of 50000 bytes"),
+        "{err}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -331,8 +358,11 @@ async fn poller_keeps_last_snapshot_when_credentials_are_refused() {
     let up = Upstream::new();
     up.write("a.yaml", "v: 1\n");
     let first = up.commit("one");
-    let server = GitHttpServer::start(up.root.path(), ServerAuth::Basic("bot".into(), "pw1".into()))
-        .await;
+    let server = GitHttpServer::start(
+        up.root.path(),
+        ServerAuth::Basic("bot".into(), "pw1".into()),
+    )
+    .await;
     let (_d, cache) = cache();
     let mut source = GitSource::new("fleet", server.url(&up.name), GitRef::Branch("main".into()));
     source.auth = Auth::Basic {
@@ -391,7 +421,10 @@ async fn poller_backs_off_while_the_server_is_down_and_recovers() {
     let poller = SourcePoller::spawn(cache, source, options);
     let mut snapshots = poller.snapshot();
     wait_status(&poller, "first success", |s| s.revision.is_some()).await;
-    assert_eq!(snapshots.borrow_and_update().as_ref().unwrap().commit(), first);
+    assert_eq!(
+        snapshots.borrow_and_update().as_ref().unwrap().commit(),
+        first
+    );
 
     let (addr, root, auth) = server.stop().await;
     poller.fetch_now();
@@ -409,8 +442,15 @@ async fn poller_backs_off_while_the_server_is_down_and_recovers() {
         }
     }
     assert_eq!(delays, [100, 200, 400, 400], "exponential backoff, capped");
-    assert_eq!(snapshots.borrow().as_ref().unwrap().commit(), first, "last good kept");
-    assert!(!snapshots.has_changed().unwrap(), "no new snapshot published on failure");
+    assert_eq!(
+        snapshots.borrow().as_ref().unwrap().commit(),
+        first,
+        "last good kept"
+    );
+    assert!(
+        !snapshots.has_changed().unwrap(),
+        "no new snapshot published on failure"
+    );
 
     // The server comes back with a new commit; the next retry picks it up.
     up.write("a.yaml", "v: 2\n");
@@ -421,7 +461,10 @@ async fn poller_backs_off_while_the_server_is_down_and_recovers() {
     assert_eq!(status.last_error, None);
     assert_eq!(status.next_attempt_in, Some(Duration::from_secs(3600)));
     snapshots.changed().await.unwrap();
-    assert_eq!(read(snapshots.borrow().as_ref().unwrap(), "a.yaml"), "v: 2\n");
+    assert_eq!(
+        read(snapshots.borrow().as_ref().unwrap(), "a.yaml"),
+        "v: 2\n"
+    );
 
     // With an hour until the next poll, `fetch_now` fetches immediately.
     up.write("a.yaml", "v: 3\n");

@@ -9,8 +9,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use flotilla_hub::source::{
-    Error, FailureReason, GitCache, GitRef, GitSource, PollOptions, SourcePoller, SourceStatus, Verification,
-    VerifyMode,
+    Error, FailureReason, GitCache, GitRef, GitSource, PollOptions, SourcePoller, SourceStatus,
+    Verification, VerifyMode,
 };
 use flotilla_render::{RelPath, Tree};
 use support::Upstream;
@@ -141,7 +141,10 @@ async fn ssh_signed_commits_are_verified_and_unverified_ones_refused() {
     assert_eq!(st.revision, Some(format!("main@sha1:{good}")));
     let kept = poller.snapshot().borrow().clone().unwrap();
     assert_eq!(kept.commit(), good);
-    assert_eq!(kept.read(&RelPath::new("a.yaml").unwrap()).unwrap(), b"v: 1\n");
+    assert_eq!(
+        kept.read(&RelPath::new("a.yaml").unwrap()).unwrap(),
+        b"v: 1\n"
+    );
 
     // Signed by a key that is not trusted.
     let foreign = ssh_commit(&up, &stranger, "stranger");
@@ -167,7 +170,13 @@ async fn ssh_signed_commits_are_verified_and_unverified_ones_refused() {
     let forged_file = keys.path().join("forged");
     std::fs::write(&forged_file, forged_raw).unwrap();
     let forged = up
-        .git(&["hash-object", "-t", "commit", "-w", forged_file.to_str().unwrap()])
+        .git(&[
+            "hash-object",
+            "-t",
+            "commit",
+            "-w",
+            forged_file.to_str().unwrap(),
+        ])
         .trim()
         .to_string();
     up.git(&["update-ref", "refs/heads/main", &forged]);
@@ -217,7 +226,10 @@ fn ssh_signed_tags_are_verified_with_semver_refs() {
     up.git(&["tag", "-a", "-m", "release 1.1.0", "v1.1.0"]);
     let err = cache.fetch(&source).unwrap_err();
     assert!(matches!(err, Error::Verification { .. }), "{err}");
-    assert!(err.to_string().ends_with("tag v1.1.0 is not signed"), "{err}");
+    assert!(
+        err.to_string().ends_with("tag v1.1.0 is not signed"),
+        "{err}"
+    );
 
     up.git(&["tag", "v1.2.0"]);
     let err = cache.fetch(&source).unwrap_err();
@@ -245,14 +257,24 @@ struct Gpg {
 impl Gpg {
     fn new() -> Self {
         // Short path: gpg-agent's socket path must fit in a sockaddr.
-        let home = tempfile::Builder::new().prefix("gpg").tempdir_in("/tmp").unwrap();
+        let home = tempfile::Builder::new()
+            .prefix("gpg")
+            .tempdir_in("/tmp")
+            .unwrap();
         Self { home }
     }
 
     fn run(&self, args: &[&str]) -> String {
         let out = Command::new("gpg")
             .env("GNUPGHOME", self.home.path())
-            .args(["--batch", "--quiet", "--pinentry-mode", "loopback", "--passphrase", ""])
+            .args([
+                "--batch",
+                "--quiet",
+                "--pinentry-mode",
+                "loopback",
+                "--passphrase",
+                "",
+            ])
             .args(args)
             .output()
             .unwrap();
@@ -318,13 +340,12 @@ fn openpgp_signed_commits_and_tags_are_verified() {
     source.verify = Some(Verification::parse(VerifyMode::Commit, &keys).unwrap());
     let s = cache.fetch(&source).unwrap();
     assert_eq!(s.commit(), good);
-    assert_eq!(s.verified_by(), Some(format!("openpgp {trusted_fpr}").as_str()));
-
-    let foreign = up.commit_with(
-        "stranger",
-        &["--gpg-sign=stranger@example.com"],
-        &gpg.env(),
+    assert_eq!(
+        s.verified_by(),
+        Some(format!("openpgp {trusted_fpr}").as_str())
     );
+
+    let foreign = up.commit_with("stranger", &["--gpg-sign=stranger@example.com"], &gpg.env());
     let err = cache.fetch(&source).unwrap_err();
     let msg = err.to_string();
     assert!(
@@ -338,25 +359,63 @@ fn openpgp_signed_commits_and_tags_are_verified() {
         "{msg}"
     );
 
+    // The trusted key's signature over altered content does not verify.
+    let raw = up.git(&["cat-file", "commit", &good]);
+    let altered = raw.replace("\nsigned\n", "\nsigned, then altered\n");
+    assert_ne!(raw, altered);
+    let file = up.root.path().join("altered-commit");
+    std::fs::write(&file, altered).unwrap();
+    let forged = up
+        .git(&["hash-object", "-t", "commit", "-w", file.to_str().unwrap()])
+        .trim()
+        .to_string();
+    up.git(&["update-ref", "refs/heads/forged", &forged]);
+    let mut forged_source = source.clone();
+    forged_source.reference = GitRef::Branch("forged".into());
+    let msg = cache.fetch(&forged_source).unwrap_err().to_string();
+    assert!(
+        msg.contains(&format!("commit {forged}: the OpenPGP signature by "))
+            && msg.contains("does not verify"),
+        "{msg}"
+    );
+
     // An annotated tag signed with the trusted key, verified in tag mode.
     crate::support::git_env(
         &up.dir(),
-        &["tag", "-u", "trusted@example.com", "-m", "release", "v0.1.0"],
+        &[
+            "tag",
+            "-u",
+            "trusted@example.com",
+            "-m",
+            "release",
+            "v0.1.0",
+        ],
         &gpg.env(),
     );
     let mut tagged = GitSource::new("rel", up.path_url(), GitRef::Tag("v0.1.0".into()));
     tagged.verify = Some(Verification::parse(VerifyMode::Tag, &trusted_key).unwrap());
     let s = cache.fetch(&tagged).unwrap();
     assert_eq!(s.commit(), foreign);
-    assert_eq!(s.verified_by(), Some(format!("openpgp {trusted_fpr}").as_str()));
+    assert_eq!(
+        s.verified_by(),
+        Some(format!("openpgp {trusted_fpr}").as_str())
+    );
 }
 
 #[test]
 fn bad_trusted_keys_are_named() {
-    let err = Verification::parse(VerifyMode::Commit, "# keys\n\nssh-ed25519 garbage\n").unwrap_err();
-    assert!(err.to_string().starts_with("invalid trusted key (line 3): "), "{err}");
+    let err =
+        Verification::parse(VerifyMode::Commit, "# keys\n\nssh-ed25519 garbage\n").unwrap_err();
+    assert!(
+        err.to_string()
+            .starts_with("invalid trusted key (line 3): "),
+        "{err}"
+    );
     let err = Verification::parse(VerifyMode::Commit, "# nothing\n").unwrap_err();
-    assert_eq!(err.to_string(), "invalid trusted key (key list): no trusted keys given");
+    assert_eq!(
+        err.to_string(),
+        "invalid trusted key (key list): no trusted keys given"
+    );
     let err = Verification::parse(
         VerifyMode::Commit,
         "-----BEGIN PGP PUBLIC KEY BLOCK-----\n\nmQ==\n",

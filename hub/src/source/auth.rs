@@ -199,7 +199,10 @@ mod tests {
             known_hosts: String::new(),
         };
         let shown = format!("{ssh:?}");
-        assert!(!shown.contains("BEGIN") && !shown.contains("\"pp\""), "{shown}");
+        assert!(
+            !shown.contains("BEGIN") && !shown.contains("\"pp\""),
+            "{shown}"
+        );
     }
 
     #[test]
@@ -212,7 +215,10 @@ mod tests {
             redact_url("https://git.example.com/a@b"),
             "https://git.example.com/a@b"
         );
-        assert_eq!(redact_url("git@github.com:org/repo"), "git@github.com:org/repo");
+        assert_eq!(
+            redact_url("git@github.com:org/repo"),
+            "git@github.com:org/repo"
+        );
         assert_eq!(
             url_password("https://bot:tok3n@git.example.com/x"),
             Some("tok3n")

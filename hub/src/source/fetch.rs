@@ -69,7 +69,13 @@ impl GitCache {
         let readable: String = tail
             .trim_end_matches(".git")
             .chars()
-            .map(|c| if c.is_ascii_alphanumeric() || c == '-' || c == '_' { c } else { '_' })
+            .map(|c| {
+                if c.is_ascii_alphanumeric() || c == '-' || c == '_' {
+                    c
+                } else {
+                    '_'
+                }
+            })
             .take(40)
             .collect();
         let digest = sha2::Sha256::digest(url.as_bytes());
@@ -135,16 +141,24 @@ impl GitCache {
             Some(v) => {
                 let outcome = match v.mode {
                     VerifyMode::Commit => verify_commit(&repo, resolved.commit, &v.keys),
-                    VerifyMode::Tag => match (&resolved.tag_object, &resolved.name) {
-                        (Some(tag), Some(name)) => verify_tag(&repo, *tag, name, &v.keys),
-                        _ => Err(format!(
-                            "tag verification needs a tag or semver reference, not a {}",
-                            match source.reference {
-                                GitRef::Branch(_) => "branch",
-                                _ => "commit",
+                    VerifyMode::Tag => {
+                        match (&source.reference, resolved.tag_object, &resolved.name) {
+                            (GitRef::Tag(_) | GitRef::Semver(_), Some(tag), Some(name)) => {
+                                verify_tag(&repo, tag, name, &v.keys)
                             }
-                        )),
-                    },
+                            (GitRef::Tag(_) | GitRef::Semver(_), None, Some(name)) => Err(format!(
+                                "tag {name} is a lightweight tag, which carries no signature"
+                            )),
+                            (GitRef::Branch(_), ..) => Err(
+                                "tag verification needs a tag or semver reference, not a branch"
+                                    .into(),
+                            ),
+                            _ => Err(
+                                "tag verification needs a tag or semver reference, not a commit"
+                                    .into(),
+                            ),
+                        }
+                    }
                 };
                 match outcome {
                     Ok(key) => Some(key),
@@ -210,7 +224,13 @@ impl GitCache {
 
         let mut callbacks = RemoteCallbacks::new();
         callbacks.credentials(|_url, username_from_url, allowed| {
-            credentials(&source.auth, ssh.as_ref().and_then(|t| t.user.as_deref()), username_from_url, allowed, &auth_state)
+            credentials(
+                &source.auth,
+                ssh.as_ref().and_then(|t| t.user.as_deref()),
+                username_from_url,
+                allowed,
+                &auth_state,
+            )
         });
         callbacks.certificate_check(|cert, host| {
             let Some(hostkey) = cert.as_hostkey() else {
@@ -266,10 +286,12 @@ impl GitCache {
             ],
         };
 
-        let mut remote = repo.remote_anonymous(&source.url).map_err(|e| Error::Fetch {
-            url: url.to_string(),
-            message: e.message().to_string(),
-        })?;
+        let mut remote = repo
+            .remote_anonymous(&source.url)
+            .map_err(|e| Error::Fetch {
+                url: url.to_string(),
+                message: e.message().to_string(),
+            })?;
         let result = remote.fetch(&refspecs, Some(&mut options), None);
         drop(options);
         let result = match (result, commit) {
@@ -333,7 +355,9 @@ impl GitCache {
 }
 
 fn is_unauthorized(e: &git2::Error) -> bool {
-    e.code() == git2::ErrorCode::Auth || e.message().contains("401") || e.message().contains("authentication")
+    e.code() == git2::ErrorCode::Auth
+        || e.message().contains("401")
+        || e.message().contains("authentication")
 }
 
 /// Removes any secret of `source` from a message coming from libgit2 or the server.
@@ -363,7 +387,9 @@ fn credentials(
         Err(git2::Error::from_str("credentials were rejected"))
     };
     match auth {
-        Auth::Basic { username, password } if allowed.contains(CredentialType::USER_PASS_PLAINTEXT) => {
+        Auth::Basic { username, password }
+            if allowed.contains(CredentialType::USER_PASS_PLAINTEXT) =>
+        {
             if state.offered.replace(true) {
                 return refuse(state);
             }
@@ -394,7 +420,9 @@ fn credentials(
                     passphrase.as_ref().map(|p| p.expose()),
                 );
             }
-            *state.missing.borrow_mut() = Some(format!("the server does not accept SSH keys (it asked for {allowed:?})"));
+            *state.missing.borrow_mut() = Some(format!(
+                "the server does not accept SSH keys (it asked for {allowed:?})"
+            ));
             Err(git2::Error::from_str("unsupported credential type"))
         }
         Auth::Bearer { .. } => {
@@ -509,7 +537,8 @@ fn resolve(repo: &Repository, reference: &GitRef, url: &str) -> Result<Resolved>
                     reference: reference.clone(),
                 });
             };
-            resolve_tag(repo, &name).map_err(|e| resolve_err(e.unwrap_or_else(|| format!("tag {name} vanished"))))
+            resolve_tag(repo, &name)
+                .map_err(|e| resolve_err(e.unwrap_or_else(|| format!("tag {name} vanished"))))
         }
         GitRef::Commit(id) => {
             let oid = parse_commit_id(id)?;
@@ -528,11 +557,16 @@ fn resolve_tag(repo: &Repository, name: &str) -> std::result::Result<Resolved, O
     let r = repo
         .find_reference(&format!("refs/tags/{name}"))
         .map_err(|_| None)?;
-    let target = r.target().ok_or_else(|| Some(format!("tag {name} is symbolic")))?;
+    let target = r
+        .target()
+        .ok_or_else(|| Some(format!("tag {name} is symbolic")))?;
     let tag_object = repo.find_tag(target).ok().map(|t| t.id());
-    let commit = r
-        .peel_to_commit()
-        .map_err(|e| Some(format!("tag {name} does not point at a commit: {}", e.message())))?;
+    let commit = r.peel_to_commit().map_err(|e| {
+        Some(format!(
+            "tag {name} does not point at a commit: {}",
+            e.message()
+        ))
+    })?;
     Ok(Resolved {
         name: Some(name.to_string()),
         commit: commit.id(),
@@ -553,7 +587,10 @@ impl SemverRange {
             // the comparators with the commas the semver crate wants.
             let mut comparators: Vec<String> = Vec::new();
             let mut pending_op = String::new();
-            for token in alternative.split([' ', ',', '\t']).filter(|t| !t.is_empty()) {
+            for token in alternative
+                .split([' ', ',', '\t'])
+                .filter(|t| !t.is_empty())
+            {
                 if token.chars().all(|c| "<>=~^".contains(c)) {
                     pending_op.push_str(token);
                 } else {
@@ -595,7 +632,11 @@ mod tests {
         let r = SemverRange::parse("~1.2 || >=3").unwrap();
         assert!(r.matches(&v("1.2.7")) && r.matches(&v("3.1.0")) && !r.matches(&v("2.0.0")));
         let err = SemverRange::parse(">=banana").unwrap_err();
-        assert!(err.to_string().starts_with("invalid semver range \">=banana\""), "{err}");
+        assert!(
+            err.to_string()
+                .starts_with("invalid semver range \">=banana\""),
+            "{err}"
+        );
     }
 
     #[test]
@@ -612,7 +653,10 @@ mod tests {
         let b = cache.repo_path("https://git.example.com/org/fleet.git");
         assert_ne!(a, b);
         let name = a.file_name().unwrap().to_string_lossy().into_owned();
-        assert!(name.starts_with("fleet-") && name.ends_with(".git"), "{name}");
+        assert!(
+            name.starts_with("fleet-") && name.ends_with(".git"),
+            "{name}"
+        );
         assert!(!name.contains("s3cret"));
     }
 }

@@ -314,7 +314,14 @@ mod tests {
 
         let o = PollOptions { jitter: 0.2, ..o };
         let samples: Vec<Duration> = (0..200).map(|_| o.delay(0)).collect();
-        assert!(samples.iter().all(|d| *d >= Duration::from_secs(48) && *d <= Duration::from_secs(72)));
-        assert!(samples.iter().any(|d| *d != samples[0]), "jitter must vary the delay");
+        assert!(
+            samples
+                .iter()
+                .all(|d| *d >= Duration::from_secs(48) && *d <= Duration::from_secs(72))
+        );
+        assert!(
+            samples.iter().any(|d| *d != samples[0]),
+            "jitter must vary the delay"
+        );
     }
 }

@@ -153,7 +153,9 @@ impl Snapshot {
     /// Follows `path` from the root tree, resolving symlinks that stay inside the root.
     /// `Ok(None)` when nothing is there (including dangling symlinks and submodules).
     fn resolve(&self, repo: &Repository, path: &RelPath) -> Result<Option<Found>, TreeError> {
-        let root = repo.find_tree(self.inner.tree).map_err(|e| backend(path, e))?;
+        let root = repo
+            .find_tree(self.inner.tree)
+            .map_err(|e| backend(path, e))?;
         let mut pending: VecDeque<String> = components(path.as_str()).collect();
         let mut dir: Vec<String> = Vec::new();
         let mut tree = root.clone();
@@ -215,7 +217,9 @@ enum Found {
 }
 
 fn components(path: &str) -> impl Iterator<Item = String> + '_ {
-    path.split('/').filter(|p| !p.is_empty()).map(str::to_string)
+    path.split('/')
+        .filter(|p| !p.is_empty())
+        .map(str::to_string)
 }
 
 fn backend(path: &RelPath, e: git2::Error) -> TreeError {

@@ -154,9 +154,7 @@ pub(crate) fn verify_tag(
     name: &str,
     keys: &[TrustedKey],
 ) -> Result<String, String> {
-    let odb = repo
-        .odb()
-        .map_err(|e| format!("reading tag {name}: {e}"))?;
+    let odb = repo.odb().map_err(|e| format!("reading tag {name}: {e}"))?;
     let object = odb
         .read(tag)
         .map_err(|e| format!("reading tag {name}: {e}"))?;
@@ -219,7 +217,12 @@ fn verify_pgp(signature: &str, payload: &[u8], keys: &[TrustedKey]) -> Result<St
         .issuer_fingerprint()
         .iter()
         .map(|f| format!("{f:X}"))
-        .chain(sig.signature.issuer_key_id().iter().map(|k| hex(k.as_ref())))
+        .chain(
+            sig.signature
+                .issuer_key_id()
+                .iter()
+                .map(|k| hex(k.as_ref())),
+        )
         .collect();
     let is_issuer = |d: &dyn KeyDetails| {
         issuers.iter().any(|i| {
@@ -249,13 +252,18 @@ fn verify_pgp(signature: &str, payload: &[u8], keys: &[TrustedKey]) -> Result<St
             }
         }
     }
-    let who = issuers.first().cloned().unwrap_or_else(|| "an unnamed key".into());
+    let who = issuers
+        .first()
+        .cloned()
+        .unwrap_or_else(|| "an unnamed key".into());
     if matched_issuer {
         Err(format!(
             "the OpenPGP signature by {who} does not verify; the content was altered or the signature forged"
         ))
     } else {
-        Err(format!("signed by OpenPGP key {who}, which is not a trusted key"))
+        Err(format!(
+            "signed by OpenPGP key {who}, which is not a trusted key"
+        ))
     }
 }
 
