@@ -7,3 +7,5 @@
 pub mod tree;
 
 pub use tree::{DirEntry, EntryKind, FsTree, RelPath, Tree, TreeError};
+pub mod patch;
+pub mod subst;

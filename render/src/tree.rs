@@ -10,7 +10,7 @@
 //! paths are refused; a `Tree` implementation is where symlinks that leave the root are refused.
 
 use std::fmt;
-use std::path::{Component, Path, PathBuf};
+use std::path::{Path, PathBuf};
 
 /// A normalised path inside a source root: no leading `/`, no `.` or `..` components, `/` as
 /// separator. The root itself is the empty path.

@@ -1,7 +1,7 @@
 //! `testcluster`: the command behind `e2e/cluster.sh`.
 
 use anyhow::Result;
-use clap::{Parser, Subcommand};
+use clap::{CommandFactory as _, FromArgMatches as _, Parser, Subcommand};
 use flotilla_e2e::controlplane;
 
 /// Start and stop real Kubernetes control planes (etcd, kube-apiserver, kube-controller-manager,
@@ -40,7 +40,12 @@ enum Command {
 
 #[tokio::main]
 async fn main() -> Result<()> {
-    let args = Args::parse();
+    // The API server refuses connections while it starts, and the client logs each refusal as
+    // an error: hide those unless the user asks for a filter of their own.
+    let matches = Args::command()
+        .mut_arg("log_level", |a| a.default_value("info,kube_client=off"))
+        .get_matches();
+    let args = Args::from_arg_matches(&matches)?;
     args.log.init()?;
     match args.command {
         Command::Up { name } => {

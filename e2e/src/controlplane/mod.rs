@@ -27,7 +27,7 @@ use nix::fcntl::{Flock, FlockArg};
 use serde::{Deserialize, Serialize};
 use tracing::{debug, info, warn};
 
-pub use process::{ProcessRecord, log_tail};
+pub use process::{ProcessRecord, log_tail, start_ticks as process_start_ticks};
 use process::{Spawned, free_ports};
 
 /// Name of the fake Node that kwok manages in every cluster.
@@ -197,8 +197,13 @@ pub fn list() -> Result<Vec<String>> {
 /// does not exist is not an error.
 pub fn down(name: &str) -> Result<()> {
     validate_name(name)?;
-    let _lock = lock(name)?;
-    down_locked(name)
+    let lock = lock(name)?;
+    down_locked(name)?;
+    // The lock file goes too, so a stopped cluster leaves nothing behind; a concurrent `up`
+    // that opened it before the removal still holds a valid lock on the unlinked file.
+    let _ = std::fs::remove_file(run_dir().join(format!(".{name}.lock")));
+    drop(lock);
+    Ok(())
 }
 
 fn down_locked(name: &str) -> Result<()> {

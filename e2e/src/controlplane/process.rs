@@ -77,21 +77,38 @@ impl ProcessRecord {
                 std::thread::sleep(Duration::from_millis(20));
             }
         }
+        // An exited process whose parent is gone lingers as a zombie until init reaps it; wait
+        // briefly so that `down` leaves no trace in the process table either.
+        let deadline = Instant::now() + Duration::from_secs(2);
+        while std::path::Path::new(&format!("/proc/{}", self.pid)).exists()
+            && start_ticks_any_state(self.pid) == Some(self.start_ticks)
+            && Instant::now() < deadline
+        {
+            std::thread::sleep(Duration::from_millis(20));
+        }
     }
 }
 
 /// Start time of `pid` in clock ticks since boot; `None` if there is no such process or it has
 /// exited (a zombie counts as exited).
 pub fn start_ticks(pid: u32) -> Option<u64> {
+    let (state, ticks) = stat(pid)?;
+    (state != "Z" && state != "X").then_some(ticks)
+}
+
+/// Like [`start_ticks`], but also for a zombie.
+fn start_ticks_any_state(pid: u32) -> Option<u64> {
+    stat(pid).map(|(_, ticks)| ticks)
+}
+
+/// State letter and start time from `/proc/PID/stat`.
+fn stat(pid: u32) -> Option<(String, u64)> {
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
     // Fields after the command name, which is in parentheses and may contain spaces.
     let rest = &stat[stat.rfind(')')? + 2..];
     let fields: Vec<&str> = rest.split_whitespace().collect();
     // fields[0] is field 3 (state); field 22 (starttime) is fields[19].
-    if fields.first() == Some(&"Z") || fields.first() == Some(&"X") {
-        return None;
-    }
-    fields.get(19)?.parse().ok()
+    Some((fields.first()?.to_string(), fields.get(19)?.parse().ok()?))
 }
 
 /// A control-plane process this run started.
@@ -122,8 +139,10 @@ impl Spawned {
             .spawn()
             .with_context(|| format!("starting {component} ({})", bin.display()))?;
         let pid = child.id();
-        let start_ticks = start_ticks(pid)
-            .with_context(|| format!("{component} exited at once; its log is {}", log.display()))?;
+        // The child is not reaped until we wait for it, so even one that exited at once still
+        // has its /proc entry (as a zombie); `check_running` reports its exit.
+        let start_ticks = start_ticks_any_state(pid)
+            .with_context(|| format!("reading the start time of {component} (pid {pid})"))?;
         Ok(Self {
             record: ProcessRecord {
                 component: component.into(),

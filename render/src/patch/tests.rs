@@ -1,0 +1,723 @@
+//! Both engines against `kubectl kustomize` (kustomize v5.5) on the same resource and patch:
+//! every case builds a one-resource kustomization in a temp dir, runs kubectl, and compares the
+//! parsed result with ours. No expectation here is written by hand. `KUBECTL` picks the kubectl
+//! binary (default: `kubectl` on `PATH`); without one these tests fail.
+
+use std::path::Path;
+use std::process::Command;
+
+use serde_json::Value;
+
+use super::{Error, json6902, strategic_merge};
+
+/// Parses a YAML stream into its documents.
+fn docs(yaml: &str) -> Vec<Value> {
+    serde_yaml::Deserializer::from_str(yaml)
+        .map(|d| serde::Deserialize::deserialize(d).expect("valid YAML"))
+        .filter(|v: &Value| !v.is_null())
+        .collect()
+}
+
+fn one(yaml: &str) -> Value {
+    let mut d = docs(yaml);
+    assert_eq!(d.len(), 1, "expected one document in:\n{yaml}");
+    d.remove(0)
+}
+
+/// Runs `kubectl kustomize` on a kustomization with `resource` as its only resource and
+/// `patch_entry` as its only `patches` entry (with `patch.yaml` holding `patch`). Returns the
+/// output documents, or kubectl's error text.
+fn kubectl(resource: &str, patch_entry: &str, patch: &str) -> Result<Vec<Value>, String> {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let write = |name: &str, text: &str| {
+        std::fs::write(dir.path().join(name), text).expect("write fixture");
+    };
+    write("resource.yaml", resource);
+    write("patch.yaml", patch);
+    write(
+        "kustomization.yaml",
+        &format!("resources:\n- resource.yaml\npatches:\n{patch_entry}"),
+    );
+    run_kubectl(dir.path())
+}
+
+fn run_kubectl(dir: &Path) -> Result<Vec<Value>, String> {
+    let kubectl = std::env::var("KUBECTL").unwrap_or_else(|_| "kubectl".to_string());
+    let out = Command::new(&kubectl)
+        .arg("kustomize")
+        .arg(dir)
+        .output()
+        .unwrap_or_else(|e| panic!("running {kubectl} (set KUBECTL to choose another): {e}"));
+    if out.status.success() {
+        Ok(docs(&String::from_utf8_lossy(&out.stdout)))
+    } else {
+        Err(String::from_utf8_lossy(&out.stderr).into_owned())
+    }
+}
+
+/// Asserts our strategic merge of `patch` into `resource` equals kustomize's (both succeed with
+/// the same object, both delete it, or both fail).
+fn check_smp(resource: &str, patch: &str) {
+    check_smp_entry(resource, patch, "- path: patch.yaml\n");
+}
+
+fn check_smp_entry(resource: &str, patch: &str, entry: &str) {
+    let expected = kubectl(resource, entry, patch);
+    let mut target = one(resource);
+    let ours = strategic_merge(&mut target, &one(patch));
+    match (expected, ours) {
+        (Ok(mut objs), Ok(())) => {
+            if target.is_null() {
+                assert!(
+                    objs.is_empty(),
+                    "we deleted the object, kustomize kept {objs:?}"
+                );
+            } else {
+                assert_eq!(objs.len(), 1, "kustomize output: {objs:?}");
+                let want = objs.remove(0);
+                assert_eq!(
+                    target,
+                    want,
+                    "\nours:\n{}\nkustomize:\n{}",
+                    serde_yaml::to_string(&target).unwrap_or_default(),
+                    serde_yaml::to_string(&want).unwrap_or_default()
+                );
+            }
+        }
+        (Err(e), Err(ours)) => {
+            eprintln!("both fail: kustomize: {e}; ours: {ours}");
+        }
+        (Ok(objs), Err(ours)) => panic!("we fail with {ours}, kustomize gives {objs:?}"),
+        (Err(e), Ok(())) => panic!("kustomize fails with {e}, we give {target:?}"),
+    }
+}
+
+/// Asserts our JSON patch result equals kustomize's for a patch targeting the resource by kind.
+/// Returns our error when both fail, so callers can check its wording.
+fn check_json(resource: &str, ops: &str) -> Option<Error> {
+    let mut target = one(resource);
+    let kind = target["kind"].as_str().expect("kind").to_string();
+    let entry = format!("- path: patch.yaml\n  target:\n    kind: {kind}\n");
+    let expected = kubectl(resource, &entry, ops);
+    let ops_value: Value = if ops.trim_start().starts_with('[') {
+        serde_json::from_str(ops).expect("JSON ops")
+    } else {
+        serde_yaml::from_str(ops).expect("YAML ops")
+    };
+    let before = target.clone();
+    let ours = json6902(&mut target, &ops_value);
+    match (expected, ours) {
+        (Ok(mut objs), Ok(())) => {
+            assert_eq!(objs.len(), 1, "kustomize output: {objs:?}");
+            assert_eq!(target, objs.remove(0));
+            None
+        }
+        (Err(_), Err(ours)) => {
+            assert_eq!(
+                target, before,
+                "a failed patch must leave the target unchanged"
+            );
+            Some(ours)
+        }
+        (Ok(objs), Err(ours)) => panic!("we fail with {ours}, kustomize gives {objs:?}"),
+        (Err(e), Ok(())) => panic!("kustomize fails with {e}, we give {target:?}"),
+    }
+}
+
+const DEPLOYMENT: &str = r#"
+apiVersion: apps/v1
+kind: Deployment
+metadata:
+  name: web
+  labels:
+    app: web
+    tier: front
+  finalizers: [a, b]
+spec:
+  replicas: 2
+  selector:
+    matchLabels:
+      app: web
+  strategy:
+    type: RollingUpdate
+    rollingUpdate:
+      maxSurge: 1
+  template:
+    metadata:
+      labels:
+        app: web
+      creationTimestamp: null
+    spec:
+      containers:
+      - name: app
+        image: app:1
+        args: ["--a", "--b"]
+        ports:
+        - containerPort: 80
+          protocol: TCP
+        - containerPort: 9090
+        env:
+        - name: E1
+          value: "1"
+        - name: E2
+          valueFrom:
+            fieldRef:
+              fieldPath: metadata.name
+        volumeMounts:
+        - name: data
+          mountPath: /data
+        resources:
+          limits:
+            cpu: 100m
+            memory: 64Mi
+      - name: sidecar
+        image: side:1
+      initContainers:
+      - name: init
+        image: init:1
+      tolerations:
+      - key: k1
+        effect: NoSchedule
+      imagePullSecrets:
+      - name: reg
+      volumes:
+      - name: data
+        emptyDir: {}
+      - name: cfg
+        configMap:
+          name: cfg
+"#;
+
+fn deployment_patch(spec: &str) -> String {
+    format!("apiVersion: apps/v1\nkind: Deployment\nmetadata:\n  name: web\n{spec}")
+}
+
+#[test]
+fn smp_merges_containers_by_name_patch_elements_first() {
+    check_smp(
+        DEPLOYMENT,
+        &deployment_patch(
+            r#"spec:
+  template:
+    spec:
+      containers:
+      - name: new
+        image: new:1
+      - name: app
+        image: app:2
+"#,
+        ),
+    );
+    check_smp(
+        DEPLOYMENT,
+        &deployment_patch(
+            r#"spec:
+  template:
+    spec:
+      containers:
+      - name: sidecar
+        image: side:2
+      - name: other
+        image: o
+"#,
+        ),
+    );
+}
+
+#[test]
+fn smp_merges_env_ports_mounts_and_volumes_by_their_keys() {
+    check_smp(
+        DEPLOYMENT,
+        &deployment_patch(
+            r#"spec:
+  template:
+    spec:
+      containers:
+      - name: app
+        env:
+        - name: E0
+          value: "0"
+        - name: E2
+          value: two
+        ports:
+        - containerPort: 80
+          protocol: UDP
+        - containerPort: 8080
+        volumeMounts:
+        - name: cfg
+          mountPath: /cfg
+        - name: data2
+          mountPath: /data
+      volumes:
+      - name: data
+        emptyDir:
+          medium: Memory
+      - name: new
+        secret:
+          secretName: s
+"#,
+        ),
+    );
+}
+
+#[test]
+fn smp_matches_ports_with_and_without_protocol_as_kustomize_does() {
+    for ports in [
+        "- containerPort: 80\n        - containerPort: 81",
+        "- containerPort: 9090\n          protocol: TCP",
+        "- containerPort: 80\n          protocol: TCP\n          name: http",
+        "- containerPort: 9090\n          name: metrics",
+    ] {
+        check_smp(
+            DEPLOYMENT,
+            &deployment_patch(&format!(
+                "spec:\n  template:\n    spec:\n      containers:\n      - name: app\n        ports:\n        {ports}\n"
+            )),
+        );
+    }
+}
+
+#[test]
+fn smp_replaces_lists_without_merge_key() {
+    check_smp(
+        DEPLOYMENT,
+        &deployment_patch(
+            r#"spec:
+  template:
+    spec:
+      tolerations:
+      - key: k2
+        operator: Exists
+      containers:
+      - name: app
+        args: ["--c"]
+"#,
+        ),
+    );
+}
+
+#[test]
+fn smp_merges_primitive_lists_with_merge_strategy_as_sets() {
+    check_smp(DEPLOYMENT, &deployment_patch("  finalizers: [c, a]\n"));
+    check_smp(DEPLOYMENT, &deployment_patch("  finalizers: [b]\n"));
+}
+
+#[test]
+fn smp_null_deletes_fields_and_map_entries() {
+    check_smp(
+        DEPLOYMENT,
+        &deployment_patch(
+            r#"  labels:
+    tier: null
+    new: x
+spec:
+  replicas: null
+  strategy:
+    rollingUpdate: null
+  template:
+    spec:
+      containers:
+      - name: app
+        resources:
+          limits:
+            memory: null
+        newfield:
+          a: null
+          b: 1
+"#,
+        ),
+    );
+}
+
+#[test]
+fn smp_directives_on_maps_elements_and_lists() {
+    // Delete a list element.
+    check_smp(
+        DEPLOYMENT,
+        &deployment_patch(
+            "spec:\n  template:\n    spec:\n      containers:\n      - name: sidecar\n        $patch: delete\n",
+        ),
+    );
+    // Replace a map.
+    check_smp(
+        DEPLOYMENT,
+        &deployment_patch("spec:\n  strategy:\n    $patch: replace\n    type: Recreate\n"),
+    );
+    // Delete a map.
+    check_smp(
+        DEPLOYMENT,
+        &deployment_patch("spec:\n  strategy:\n    $patch: delete\n"),
+    );
+    // Explicit merge.
+    check_smp(
+        DEPLOYMENT,
+        &deployment_patch("spec:\n  strategy:\n    $patch: merge\n    type: Recreate\n"),
+    );
+    // Replace a whole list.
+    check_smp(
+        DEPLOYMENT,
+        &deployment_patch(
+            "spec:\n  template:\n    spec:\n      volumes:\n      - $patch: replace\n      - name: only\n        emptyDir: {}\n",
+        ),
+    );
+    // Delete a whole list.
+    check_smp(
+        DEPLOYMENT,
+        &deployment_patch(
+            "spec:\n  template:\n    spec:\n      initContainers:\n      - $patch: delete\n",
+        ),
+    );
+    // Replace one list element.
+    check_smp(
+        DEPLOYMENT,
+        &deployment_patch(
+            "spec:\n  template:\n    spec:\n      containers:\n      - name: app\n        $patch: replace\n        image: only:1\n",
+        ),
+    );
+}
+
+#[test]
+fn smp_top_level_delete_removes_the_object() {
+    check_smp(DEPLOYMENT, &deployment_patch("$patch: delete\n"));
+}
+
+#[test]
+fn smp_unknown_directive_fails_like_kustomize() {
+    check_smp(
+        DEPLOYMENT,
+        &deployment_patch("spec:\n  strategy:\n    $patch: frobnicate\n"),
+    );
+}
+
+#[test]
+fn smp_apimachinery_only_directives_are_plain_fields_to_kustomize() {
+    check_smp(
+        DEPLOYMENT,
+        &deployment_patch(
+            r#"  $deleteFromPrimitiveList/finalizers: [a]
+spec:
+  template:
+    spec:
+      $setElementOrder/containers:
+      - name: sidecar
+      - name: app
+      containers:
+      - name: app
+        image: app:3
+  strategy:
+    $retainKeys: [type]
+    type: Recreate
+"#,
+        ),
+    );
+}
+
+#[test]
+fn smp_kind_mismatch_fails_like_kustomize() {
+    check_smp(
+        DEPLOYMENT,
+        &deployment_patch("spec:\n  replicas:\n    a: 1\n"),
+    );
+    check_smp(
+        DEPLOYMENT,
+        &deployment_patch("spec:\n  template:\n    spec:\n      containers:\n        name: x\n"),
+    );
+}
+
+#[test]
+fn smp_keeps_kind_name_and_namespace_of_the_target() {
+    let resource = "apiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: cm\n  namespace: ns\ndata:\n  a: \"1\"\n";
+    let patch = "apiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: other\n  namespace: elsewhere\n  labels:\n    x: y\ndata:\n  b: \"2\"\n";
+    check_smp_entry(
+        resource,
+        patch,
+        "- path: patch.yaml\n  target:\n    kind: ConfigMap\n",
+    );
+    let no_ns = "apiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: cm\ndata:\n  a: \"1\"\n";
+    check_smp_entry(
+        no_ns,
+        patch,
+        "- path: patch.yaml\n  target:\n    kind: ConfigMap\n",
+    );
+}
+
+#[test]
+fn smp_replaces_every_list_of_a_custom_resource() {
+    let crd = r#"apiVersion: example.com/v1
+kind: Widget
+metadata:
+  name: w
+spec:
+  items:
+  - name: a
+    v: 1
+  - name: b
+    v: 2
+  plain: [1, 2]
+  nested:
+    keep: true
+    change: 1
+"#;
+    check_smp(
+        crd,
+        r#"apiVersion: example.com/v1
+kind: Widget
+metadata:
+  name: w
+spec:
+  items:
+  - name: a
+    v: 9
+  plain: [3]
+  nested:
+    change: 2
+    added: x
+"#,
+    );
+    // A directive element in a list kustomize does not merge is kept as data.
+    check_smp(
+        crd,
+        "apiVersion: example.com/v1\nkind: Widget\nmetadata:\n  name: w\nspec:\n  items:\n  - name: a\n    $patch: delete\n",
+    );
+}
+
+#[test]
+fn smp_uses_the_schema_of_embedded_built_in_objects() {
+    let crd = r#"apiVersion: example.com/v1
+kind: Wrapper
+metadata:
+  name: w
+spec:
+  template:
+    apiVersion: apps/v1
+    kind: Deployment
+    spec:
+      template:
+        spec:
+          containers:
+          - name: a
+            image: a
+"#;
+    check_smp(
+        crd,
+        r#"apiVersion: example.com/v1
+kind: Wrapper
+metadata:
+  name: w
+spec:
+  template:
+    apiVersion: apps/v1
+    kind: Deployment
+    spec:
+      template:
+        spec:
+          containers:
+          - name: b
+            image: b
+"#,
+    );
+}
+
+#[test]
+fn smp_service_ports_merge_by_port_and_protocol() {
+    let svc = r#"apiVersion: v1
+kind: Service
+metadata:
+  name: s
+spec:
+  selector:
+    app: s
+  ports:
+  - name: http
+    port: 80
+    targetPort: 8080
+  - name: dns
+    port: 53
+    protocol: UDP
+"#;
+    check_smp(
+        svc,
+        r#"apiVersion: v1
+kind: Service
+metadata:
+  name: s
+spec:
+  ports:
+  - port: 80
+    targetPort: 9090
+  - name: dns-tcp
+    port: 53
+    protocol: TCP
+  - port: 443
+"#,
+    );
+}
+
+#[test]
+fn smp_other_keyed_lists_of_built_in_kinds() {
+    check_smp(
+        DEPLOYMENT,
+        &deployment_patch(
+            r#"spec:
+  template:
+    spec:
+      initContainers:
+      - name: init2
+        image: i
+      imagePullSecrets:
+      - name: other
+      hostAliases:
+      - ip: 10.0.0.1
+        hostnames: [a]
+      topologySpreadConstraints:
+      - topologyKey: zone
+        whenUnsatisfiable: DoNotSchedule
+        maxSkew: 1
+"#,
+        ),
+    );
+    let sa = "apiVersion: v1\nkind: ServiceAccount\nmetadata:\n  name: sa\nsecrets:\n- name: a\n";
+    check_smp(
+        sa,
+        "apiVersion: v1\nkind: ServiceAccount\nmetadata:\n  name: sa\nsecrets:\n- name: b\n",
+    );
+    let role = "apiVersion: rbac.authorization.k8s.io/v1\nkind: RoleBinding\nmetadata:\n  name: rb\nroleRef:\n  apiGroup: rbac.authorization.k8s.io\n  kind: Role\n  name: r\nsubjects:\n- kind: User\n  name: a\n";
+    check_smp(
+        role,
+        "apiVersion: rbac.authorization.k8s.io/v1\nkind: RoleBinding\nmetadata:\n  name: rb\nsubjects:\n- kind: User\n  name: b\n",
+    );
+}
+
+#[test]
+fn smp_target_quirks_nulls_empty_elements_and_missing_keys() {
+    // A target list element without its merge key, a duplicate and an empty element.
+    let odd = r#"apiVersion: apps/v1
+kind: Deployment
+metadata:
+  name: web
+spec:
+  template:
+    spec:
+      containers:
+      - name: a
+        image: a
+      - image: nameless
+      - name: a
+        image: dup
+      volumes:
+      - name: v
+      - {}
+"#;
+    check_smp(
+        odd,
+        &deployment_patch(
+            "spec:\n  template:\n    spec:\n      containers:\n      - name: b\n        image: b\n",
+        ),
+    );
+    check_smp(odd, &deployment_patch("spec:\n  replicas: 3\n"));
+}
+
+#[test]
+fn smp_adds_new_maps_and_lists_with_directives_and_nulls_inside() {
+    let bare = "apiVersion: apps/v1\nkind: Deployment\nmetadata:\n  name: web\n";
+    check_smp(
+        bare,
+        &deployment_patch(
+            r#"spec:
+  template:
+    spec:
+      containers:
+      - name: a
+        image: a
+        env:
+        - name: X
+          value: null
+      - name: a
+        image: again
+      - name: gone
+        $patch: delete
+  strategy:
+    $patch: replace
+    type: Recreate
+    rollingUpdate: null
+"#,
+        ),
+    );
+}
+
+#[test]
+fn json6902_operations_match_kustomize() {
+    check_json(
+        DEPLOYMENT,
+        r#"
+- op: replace
+  path: /spec/replicas
+  value: 5
+- op: add
+  path: /metadata/annotations
+  value:
+    a/b: c
+- op: add
+  path: /metadata/annotations/x~1y~0z
+  value: escaped
+- op: add
+  path: /spec/template/spec/containers/-
+  value:
+    name: appended
+    image: x
+- op: add
+  path: /spec/template/spec/containers/0
+  value:
+    name: first
+    image: img-y
+- op: remove
+  path: /spec/template/spec/tolerations
+- op: copy
+  from: /spec/template/spec/containers/1/image
+  path: /metadata/labels/image
+- op: move
+  from: /metadata/labels/tier
+  path: /metadata/labels/moved
+- op: test
+  path: /spec/replicas
+  value: 5
+- op: remove
+  path: /spec/template/spec/containers/-1
+- op: replace
+  path: /metadata/labels/missing
+  value: added-by-replace
+- op: copy
+  from: /metadata/nothere
+  path: /metadata/labels/copied-null
+"#,
+    );
+    check_json(
+        DEPLOYMENT,
+        r#"[{"op": "add", "path": "/spec/template/spec/containers/-2", "value": {"name": "neg"}},
+            {"op": "replace", "path": "/spec/template/spec/containers/-1/image", "value": "z"}]"#,
+    );
+}
+
+#[test]
+fn json6902_failures_match_kustomize_and_name_the_operation() {
+    let err = check_json(
+        DEPLOYMENT,
+        "- op: add\n  path: /spec/replicas\n  value: 1\n- op: remove\n  path: /spec/nothere\n",
+    )
+    .expect("both fail");
+    let msg = err.to_string();
+    assert!(msg.contains("operation 1 (remove /spec/nothere)"), "{msg}");
+
+    for ops in [
+        "- op: add\n  path: /missing/deep\n  value: 1\n",
+        "- op: replace\n  path: /spec/template/spec/containers/7\n  value: {}\n",
+        "- op: test\n  path: /spec/replicas\n  value: 3\n",
+        "- op: add\n  path: /spec/template/spec/containers/9\n  value: {}\n",
+        "- op: move\n  from: /nothere\n  path: /x\n",
+        "- op: copy\n  from: /spec/template/spec/containers/5\n  path: /x\n",
+        "- op: frob\n  path: /x\n",
+        "- op: remove\n  path: /spec/template/spec/containers/-\n",
+    ] {
+        check_json(DEPLOYMENT, ops).expect("both fail");
+    }
+}
