@@ -462,6 +462,12 @@ async fn start(name: &str, bin: &Path, owner: Option<ProcessRecord>) -> Result<S
             format!("--root-ca-file={}", s(&pki.ca_cert)),
             format!("--service-account-private-key-file={}", s(&pki.sa_key)),
             "--use-service-account-credentials=false".into(),
+            // The defaults (20 QPS, 5 workers) take minutes to roll out hundreds of
+            // Deployments; tests and benchmarks apply thousands of objects.
+            "--kube-api-qps=300".into(),
+            "--kube-api-burst=600".into(),
+            "--concurrent-deployment-syncs=20".into(),
+            "--concurrent-replicaset-syncs=20".into(),
         ],
     )?;
     c.spawn(

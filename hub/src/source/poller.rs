@@ -51,7 +51,7 @@ impl PollOptions {
         if jitter == 0.0 {
             return base;
         }
-        let spread = rand::thread_rng().gen_range(-jitter..=jitter);
+        let spread = rand::rng().random_range(-jitter..=jitter);
         base.mul_f64(1.0 + spread)
     }
 }

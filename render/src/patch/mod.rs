@@ -75,6 +75,24 @@ pub enum Error {
 /// identifies the target by them). A top-level `$patch: delete` deletes the whole object:
 /// `target` becomes `null` and the caller drops it from the output.
 pub fn strategic_merge(target: &mut Value, patch: &Value) -> Result<(), Error> {
+    strategic_merge_with(target, patch, SmpOptions::default())
+}
+
+/// kustomize's `patches[].options` for strategic merge patches.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct SmpOptions {
+    /// `allowNameChange`: the patch's `metadata.name` replaces the target's.
+    pub allow_name_change: bool,
+    /// `allowKindChange`: the patch's `kind` replaces the target's.
+    pub allow_kind_change: bool,
+}
+
+/// [`strategic_merge`] with kustomize's patch options.
+pub fn strategic_merge_with(
+    target: &mut Value,
+    patch: &Value,
+    options: SmpOptions,
+) -> Result<(), Error> {
     if !patch.is_object() {
         return Err(Error::PatchNotMapping {
             found: match patch {
@@ -94,12 +112,16 @@ pub fn strategic_merge(target: &mut Value, patch: &Value) -> Result<(), Error> {
         return Ok(());
     };
     if let Value::Object(obj) = &mut merged {
-        restore(obj, "kind", kind);
+        if !options.allow_kind_change {
+            restore(obj, "kind", kind);
+        }
         let meta = obj
             .entry("metadata")
             .or_insert_with(|| Value::Object(Default::default()));
         if let Value::Object(meta) = meta {
-            restore(meta, "name", name);
+            if !options.allow_name_change {
+                restore(meta, "name", name);
+            }
             restore(meta, "namespace", namespace);
         }
         if obj

@@ -8,7 +8,7 @@ use std::process::Command;
 
 use serde_json::Value;
 
-use super::{Error, json6902, strategic_merge};
+use super::{Error, SmpOptions, json6902, strategic_merge, strategic_merge_with};
 
 /// Parses a YAML stream into its documents.
 fn docs(yaml: &str) -> Vec<Value> {
@@ -62,9 +62,17 @@ fn check_smp(resource: &str, patch: &str) {
 }
 
 fn check_smp_entry(resource: &str, patch: &str, entry: &str) {
+    check_smp_options(resource, patch, entry, SmpOptions::default());
+}
+
+fn check_smp_options(resource: &str, patch: &str, entry: &str, options: SmpOptions) {
     let expected = kubectl(resource, entry, patch);
     let mut target = one(resource);
-    let ours = strategic_merge(&mut target, &one(patch));
+    let ours = if options == SmpOptions::default() {
+        strategic_merge(&mut target, &one(patch))
+    } else {
+        strategic_merge_with(&mut target, &one(patch), options)
+    };
     match (expected, ours) {
         (Ok(mut objs), Ok(())) => {
             if target.is_null() {
@@ -719,5 +727,537 @@ fn json6902_failures_match_kustomize_and_name_the_operation() {
         "- op: remove\n  path: /spec/template/spec/containers/-\n",
     ] {
         check_json(DEPLOYMENT, ops).expect("both fail");
+    }
+}
+
+#[test]
+fn smp_more_built_in_shapes() {
+    // Keys compare by their text: a string "80" matches the number 80.
+    check_smp(
+        DEPLOYMENT,
+        &deployment_patch(
+            "spec:\n  template:\n    spec:\n      containers:\n      - name: app\n        ports:\n        - containerPort: \"80\"\n          protocol: TCP\n          name: http\n",
+        ),
+    );
+    // An empty list in the patch, a null list in the target, env value next to valueFrom.
+    check_smp(
+        DEPLOYMENT,
+        &deployment_patch(
+            r#"spec:
+  template:
+    spec:
+      initContainers: []
+      containers:
+      - name: app
+        env:
+        - name: E2
+          value: plain
+      - name: sidecar
+        env:
+        - name: NEW
+          value: x
+      volumes:
+      - name: cfg
+        $patch: delete
+"#,
+        ),
+    );
+    let null_list = "apiVersion: v1\nkind: Pod\nmetadata:\n  name: p\nspec:\n  containers: null\n  volumes: ~\n";
+    check_smp(
+        null_list,
+        "apiVersion: v1\nkind: Pod\nmetadata:\n  name: p\nspec:\n  containers:\n  - name: a\n    image: a\n",
+    );
+    let cronjob = r#"apiVersion: batch/v1
+kind: CronJob
+metadata:
+  name: cj
+spec:
+  schedule: "* * * * *"
+  jobTemplate:
+    spec:
+      template:
+        spec:
+          restartPolicy: Never
+          containers:
+          - name: a
+            image: a
+"#;
+    check_smp(
+        cronjob,
+        "apiVersion: batch/v1\nkind: CronJob\nmetadata:\n  name: cj\nspec:\n  jobTemplate:\n    spec:\n      template:\n        spec:\n          containers:\n          - name: b\n            image: b\n",
+    );
+    // A kind newer than kustomize's embedded schema has no merge keys: lists are replaced.
+    let hpa = r#"apiVersion: autoscaling/v2
+kind: HorizontalPodAutoscaler
+metadata:
+  name: h
+spec:
+  scaleTargetRef:
+    apiVersion: apps/v1
+    kind: Deployment
+    name: web
+  maxReplicas: 3
+  metrics:
+  - type: Resource
+    resource:
+      name: cpu
+      target:
+        type: Utilization
+        averageUtilization: 50
+"#;
+    check_smp(
+        hpa,
+        "apiVersion: autoscaling/v2\nkind: HorizontalPodAutoscaler\nmetadata:\n  name: h\nspec:\n  maxReplicas: 5\n  metrics:\n  - type: Resource\n    resource:\n      name: memory\n      target:\n        type: Utilization\n        averageUtilization: 70\n",
+    );
+    let sts = r#"apiVersion: apps/v1
+kind: StatefulSet
+metadata:
+  name: s
+spec:
+  serviceName: s
+  template:
+    spec:
+      containers:
+      - name: a
+        image: a
+        volumeMounts:
+        - name: d
+          mountPath: /d
+  volumeClaimTemplates:
+  - metadata:
+      name: d
+    spec:
+      resources:
+        requests:
+          storage: 1Gi
+"#;
+    check_smp(
+        sts,
+        "apiVersion: apps/v1\nkind: StatefulSet\nmetadata:\n  name: s\nspec:\n  template:\n    spec:\n      containers:\n      - name: a\n        volumeMounts:\n        - name: e\n          mountPath: /e\n  volumeClaimTemplates:\n  - metadata:\n      name: e\n",
+    );
+}
+
+#[test]
+fn smp_labels_annotations_and_data_maps() {
+    let cm =
+        "apiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: cm\ndata:\n  a: \"1\"\n  b: \"2\"\n";
+    check_smp(
+        cm,
+        "apiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: cm\n  labels:\n    gone: null\n    x: y\n  annotations:\n    note: \"hi\"\ndata:\n  a: null\n  c: \"3\"\n",
+    );
+    check_smp(
+        cm,
+        "apiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: cm\ndata:\n  $patch: replace\n  only: \"1\"\n",
+    );
+}
+
+#[test]
+fn smp_options_allow_name_and_kind_change() {
+    let resource = "apiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: cm\n  namespace: ns\ndata:\n  a: \"1\"\n";
+    let patch = "apiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: renamed\n  namespace: other\n";
+    check_smp_options(
+        resource,
+        patch,
+        "- path: patch.yaml\n  target:\n    kind: ConfigMap\n  options:\n    allowNameChange: true\n",
+        SmpOptions {
+            allow_name_change: true,
+            ..SmpOptions::default()
+        },
+    );
+    let patch = "apiVersion: v1\nkind: Secret\nmetadata:\n  name: cm\n";
+    check_smp_options(
+        resource,
+        patch,
+        "- path: patch.yaml\n  target:\n    kind: ConfigMap\n  options:\n    allowKindChange: true\n",
+        SmpOptions {
+            allow_kind_change: true,
+            ..SmpOptions::default()
+        },
+    );
+}
+
+#[test]
+fn smp_malformed_lists_fail_or_merge_like_kustomize() {
+    check_smp(DEPLOYMENT, &deployment_patch("  finalizers:\n  - a: 1\n"));
+    check_smp(
+        DEPLOYMENT,
+        &deployment_patch(
+            "spec:\n  template:\n    spec:\n      containers:\n      - just-a-string\n",
+        ),
+    );
+    check_smp(
+        DEPLOYMENT,
+        &deployment_patch(
+            "spec:\n  template:\n    spec:\n      containers:\n      - null\n      - {}\n",
+        ),
+    );
+    check_smp(DEPLOYMENT, &deployment_patch("spec: null\n"));
+    check_smp(
+        DEPLOYMENT,
+        &deployment_patch("spec:\n  template:\n    spec:\n      containers: null\n"),
+    );
+}
+
+/// A small deterministic generator (xorshift) so the randomised comparison is reproducible.
+struct Rng(u64);
+
+impl Rng {
+    fn next(&mut self) -> u64 {
+        self.0 ^= self.0 << 13;
+        self.0 ^= self.0 >> 7;
+        self.0 ^= self.0 << 17;
+        self.0
+    }
+
+    fn below(&mut self, n: usize) -> usize {
+        (self.next() % n as u64) as usize
+    }
+
+    fn chance(&mut self, percent: u64) -> bool {
+        self.next() % 100 < percent
+    }
+
+    fn pick<'a>(&mut self, items: &[&'a str]) -> &'a str {
+        items[self.below(items.len())]
+    }
+
+    /// A random subset of `items`, in random order.
+    fn subset<'a>(&mut self, items: &[&'a str]) -> Vec<&'a str> {
+        let mut out: Vec<&str> = items.iter().copied().filter(|_| self.chance(50)).collect();
+        for i in (1..out.len()).rev() {
+            let j = self.below(i + 1);
+            out.swap(i, j);
+        }
+        out
+    }
+}
+
+fn random_container(rng: &mut Rng, name: &str, patch: bool) -> Value {
+    let mut c = serde_json::Map::new();
+    c.insert("name".into(), Value::from(name));
+    if !patch || rng.chance(60) {
+        c.insert(
+            "image".into(),
+            Value::from(format!("{name}:{}", rng.below(3))),
+        );
+    }
+    if patch && rng.chance(15) {
+        c.insert(
+            "$patch".into(),
+            Value::from(rng.pick(&["delete", "replace"])),
+        );
+    }
+    if rng.chance(50) {
+        let ports: Vec<Value> = rng
+            .subset(&["80", "443", "9090"])
+            .into_iter()
+            .map(|p| {
+                let mut port = serde_json::json!({"containerPort": p.parse::<u16>().unwrap_or(80)});
+                if rng.chance(40) {
+                    port["protocol"] = Value::from(rng.pick(&["TCP", "UDP"]));
+                }
+                if rng.chance(30) {
+                    port["name"] = Value::from(format!("p{}", rng.below(9)));
+                }
+                port
+            })
+            .collect();
+        c.insert("ports".into(), Value::Array(ports));
+    }
+    if rng.chance(50) {
+        let env: Vec<Value> = rng
+            .subset(&["A", "B", "C", "D"])
+            .into_iter()
+            .map(|n| {
+                if patch && rng.chance(20) {
+                    serde_json::json!({"name": n, "$patch": "delete"})
+                } else if patch && rng.chance(20) {
+                    serde_json::json!({"name": n, "value": null})
+                } else {
+                    serde_json::json!({"name": n, "value": format!("{}", rng.below(5))})
+                }
+            })
+            .collect();
+        c.insert("env".into(), Value::Array(env));
+    }
+    if rng.chance(40) {
+        let mounts: Vec<Value> = rng
+            .subset(&["/a", "/b", "/c"])
+            .into_iter()
+            .map(|m| serde_json::json!({"name": format!("v{}", rng.below(3)), "mountPath": m}))
+            .collect();
+        c.insert("volumeMounts".into(), Value::Array(mounts));
+    }
+    if rng.chance(30) {
+        let args: Vec<Value> = rng
+            .subset(&["-x", "-y", "-z"])
+            .into_iter()
+            .map(Value::from)
+            .collect();
+        c.insert("args".into(), Value::Array(args));
+    }
+    if patch && rng.chance(15) {
+        c.insert("image".into(), Value::Null);
+    }
+    Value::Object(c)
+}
+
+fn random_deployment(rng: &mut Rng, name: &str, patch: bool) -> Value {
+    let containers: Vec<Value> = rng
+        .subset(&["a", "b", "c", "d"])
+        .into_iter()
+        .map(|n| random_container(rng, n, patch))
+        .collect();
+    let mut spec = serde_json::Map::new();
+    if !containers.is_empty() || !patch {
+        let mut list = containers;
+        if patch && rng.chance(10) {
+            list.insert(0, serde_json::json!({"$patch": "replace"}));
+        }
+        spec.insert("containers".into(), Value::Array(list));
+    }
+    if rng.chance(40) {
+        let volumes: Vec<Value> = rng
+            .subset(&["v0", "v1", "v2"])
+            .into_iter()
+            .map(|v| serde_json::json!({"name": v, "emptyDir": {}}))
+            .collect();
+        spec.insert("volumes".into(), Value::Array(volumes));
+    }
+    if rng.chance(30) {
+        let tolerations: Vec<Value> = rng
+            .subset(&["k1", "k2"])
+            .into_iter()
+            .map(|k| serde_json::json!({"key": k, "operator": "Exists"}))
+            .collect();
+        spec.insert("tolerations".into(), Value::Array(tolerations));
+    }
+    let mut meta = serde_json::json!({"name": name});
+    if rng.chance(50) {
+        let fins: Vec<Value> = rng
+            .subset(&["f1", "f2", "f3"])
+            .into_iter()
+            .map(Value::from)
+            .collect();
+        meta["finalizers"] = Value::Array(fins);
+    }
+    if rng.chance(50) {
+        let mut labels = serde_json::Map::new();
+        for l in rng.subset(&["x", "y", "z"]) {
+            let v = if patch && rng.chance(30) {
+                Value::Null
+            } else {
+                Value::from(format!("{}", rng.below(3)))
+            };
+            labels.insert(l.into(), v);
+        }
+        meta["labels"] = Value::Object(labels);
+    }
+    let mut d = serde_json::json!({
+        "apiVersion": "apps/v1",
+        "kind": "Deployment",
+        "metadata": meta,
+        "spec": {"template": {"spec": Value::Object(spec)}},
+    });
+    if patch && rng.chance(10) {
+        d["spec"]["replicas"] = Value::from(rng.below(4));
+    }
+    if !patch {
+        d["spec"]["replicas"] = Value::from(1);
+        d["spec"]["selector"] = serde_json::json!({"matchLabels": {"app": name}});
+    }
+    d
+}
+
+#[test]
+fn smp_randomised_deployments_match_kustomize() {
+    const CASES: usize = 300;
+    let mut rng = Rng(0x5eed_f107_111a_0001);
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mut kustomization = String::from("resources:\n- resources.yaml\npatches:\n");
+    let mut resources = String::new();
+    let mut cases = Vec::new();
+    for i in 0..CASES {
+        let name = format!("web-{i}");
+        let target = random_deployment(&mut rng, &name, false);
+        let patch = random_deployment(&mut rng, &name, true);
+        resources.push_str("---\n");
+        resources.push_str(&serde_yaml::to_string(&target).expect("yaml"));
+        let file = format!("patch-{i}.yaml");
+        std::fs::write(
+            dir.path().join(&file),
+            serde_yaml::to_string(&patch).expect("yaml"),
+        )
+        .expect("write patch");
+        kustomization.push_str(&format!("- path: {file}\n"));
+        cases.push((name, target, patch));
+    }
+    std::fs::write(dir.path().join("resources.yaml"), resources).expect("write");
+    std::fs::write(dir.path().join("kustomization.yaml"), kustomization).expect("write");
+    let output = run_kubectl(dir.path()).expect("kustomize builds the randomised tree");
+    let by_name = |name: &str| {
+        output
+            .iter()
+            .find(|o| o["metadata"]["name"].as_str() == Some(name))
+            .cloned()
+    };
+    let mut mismatches = Vec::new();
+    for (name, mut target, patch) in cases {
+        strategic_merge(&mut target, &patch).expect("our merge succeeds where kustomize did");
+        let want = by_name(&name);
+        let ours = (!target.is_null()).then_some(target);
+        if ours != want {
+            mismatches.push(format!(
+                "{name}\npatch:\n{}\nours:\n{}\nkustomize:\n{}",
+                serde_yaml::to_string(&patch).unwrap_or_default(),
+                serde_yaml::to_string(&ours).unwrap_or_default(),
+                serde_yaml::to_string(&want).unwrap_or_default(),
+            ));
+        }
+    }
+    assert!(
+        mismatches.is_empty(),
+        "{} of {CASES} differ; first:\n{}",
+        mismatches.len(),
+        mismatches[0]
+    );
+}
+
+/// A random RFC 6901 pointer into `doc`, sometimes one step beyond what exists, never touching
+/// what identifies the object (kustomize rejects a patch that breaks the object's identity,
+/// which is not the patch engine's business).
+fn random_pointer(rng: &mut Rng, doc: &Value, for_add: bool) -> String {
+    loop {
+        let p = random_pointer_any(rng, doc, for_add);
+        let identity = ["/kind", "/apiVersion", "/metadata/name"]
+            .iter()
+            .any(|id| p == *id || p.starts_with(&format!("{id}/")));
+        if !identity && p != "/metadata" && !p.is_empty() {
+            return p;
+        }
+    }
+}
+
+fn random_pointer_any(rng: &mut Rng, doc: &Value, for_add: bool) -> String {
+    let mut path = String::new();
+    let mut cur = doc;
+    loop {
+        let stop = rng.chance(30);
+        match cur {
+            Value::Object(m) if !m.is_empty() && !stop => {
+                let keys: Vec<&String> = m.keys().collect();
+                let k = keys[rng.below(keys.len())];
+                path.push('/');
+                path.push_str(&k.replace('~', "~0").replace('/', "~1"));
+                cur = &m[k];
+            }
+            Value::Array(a) if !a.is_empty() && !stop => {
+                let len = a.len() as i64;
+                let i = rng.below(a.len()) as i64;
+                let i = if rng.chance(20) { i - len } else { i };
+                path.push_str(&format!("/{i}"));
+                cur = &a[rng.below(a.len())];
+                if i < 0 {
+                    // Keep following a real element; the index text is what matters.
+                    cur = &a[(i + len) as usize];
+                }
+            }
+            Value::Array(_) if for_add => {
+                let t = ["-", "0", "1"][rng.below(3)];
+                path.push_str(&format!("/{t}"));
+                return path;
+            }
+            Value::Object(_) if for_add => {
+                path.push_str(&format!("/new{}", rng.below(3)));
+                return path;
+            }
+            _ => return path,
+        }
+    }
+}
+
+#[test]
+fn json6902_randomised_operations_match_kustomize() {
+    const CASES: usize = 200;
+    let mut rng = Rng(0x6902_6902_6902_0001);
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mut kustomization = String::from("resources:\n- resources.yaml\npatches:\n");
+    let mut resources = String::new();
+    let mut compared = Vec::new();
+    let mut rejected = Vec::new();
+    let values = [
+        serde_json::json!("s"),
+        serde_json::json!(7),
+        serde_json::json!({"k": "v"}),
+        serde_json::json!(["x"]),
+        Value::Null,
+    ];
+    for i in 0..CASES {
+        let name = format!("web-{i}");
+        // A custom kind, so kustomize's own transformers (name references) cannot trip over
+        // the shapes the random operations create.
+        let mut target = random_deployment(&mut rng, &name, false);
+        target["apiVersion"] = Value::from("example.com/v1");
+        target["kind"] = Value::from("Widget");
+        let ops: Vec<Value> = (0..1 + rng.below(3))
+            .map(|_| {
+                let op = rng.pick(&["add", "remove", "replace", "move", "copy", "test"]);
+                let path = random_pointer(&mut rng, &target, op != "remove");
+                let mut o = serde_json::json!({"op": op, "path": path});
+                match op {
+                    "move" | "copy" => {
+                        o["from"] = Value::from(random_pointer(&mut rng, &target, false))
+                    }
+                    "remove" => {}
+                    _ => o["value"] = values[rng.below(values.len())].clone(),
+                }
+                o
+            })
+            .collect();
+        let ops = Value::Array(ops);
+        let mut ours = target.clone();
+        if json6902(&mut ours, &ops).is_err() {
+            rejected.push((target, ops));
+            continue;
+        }
+        resources.push_str("---\n");
+        resources.push_str(&serde_yaml::to_string(&target).expect("yaml"));
+        let file = format!("ops-{i}.json");
+        std::fs::write(dir.path().join(&file), ops.to_string()).expect("write ops");
+        kustomization.push_str(&format!(
+            "- path: {file}\n  target:\n    kind: Widget\n    name: {name}\n"
+        ));
+        compared.push((name, ours, ops));
+    }
+    assert!(
+        compared.len() > CASES / 3,
+        "too few applicable cases: {}",
+        compared.len()
+    );
+    std::fs::write(dir.path().join("resources.yaml"), resources).expect("write");
+    std::fs::write(dir.path().join("kustomization.yaml"), kustomization).expect("write");
+    let output = run_kubectl(dir.path())
+        .expect("kustomize applies every patch we accepted (it failed on one of them)");
+    for (name, ours, ops) in &compared {
+        let want = output.iter().find(|o| *o == ours);
+        assert!(
+            want.is_some(),
+            "{name}: ops {ops} give\n{}\nwhich kustomize does not produce",
+            serde_yaml::to_string(ours).unwrap_or_default()
+        );
+    }
+    assert_eq!(output.len(), compared.len());
+    // Operations we reject must fail in kustomize too (checked one kustomization each).
+    for (target, ops) in rejected.iter().take(15) {
+        let yaml = serde_yaml::to_string(target).expect("yaml");
+        let result = kubectl(
+            &yaml,
+            "- path: patch.yaml\n  target:\n    kind: Widget\n",
+            &ops.to_string(),
+        );
+        assert!(
+            result.is_err(),
+            "we reject {ops} on\n{yaml}\nbut kustomize gives {result:?}"
+        );
     }
 }
