@@ -334,7 +334,7 @@ fn walk_at(
                     None => Ok(()),
                 }
             };
-            if let Some(p) = ptr.as_deref_mut() {
+            if let Some(p) = ptr {
                 p.truncate(len);
             }
             r

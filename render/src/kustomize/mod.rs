@@ -99,7 +99,11 @@ pub(crate) fn regex(pattern: &str) -> Result<regex::Regex, regex::Error> {
     use std::sync::{Mutex, OnceLock, PoisonError};
     static CACHE: OnceLock<Mutex<HashMap<String, regex::Regex>>> = OnceLock::new();
     let cache = CACHE.get_or_init(Default::default);
-    if let Some(r) = cache.lock().unwrap_or_else(PoisonError::into_inner).get(pattern) {
+    if let Some(r) = cache
+        .lock()
+        .unwrap_or_else(PoisonError::into_inner)
+        .get(pattern)
+    {
         return Ok(r.clone());
     }
     let r = regex::Regex::new(pattern)?;

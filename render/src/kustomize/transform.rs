@@ -28,8 +28,7 @@ pub(crate) fn namespace(
         return Ok(());
     };
     let specs = fieldspec::cached(fieldspec::NAMESPACE);
-    for i in 0..ra.len() {
-        let r = &mut ra[i];
+    for r in ra.iter_mut() {
         r.store_previous_id();
         let gvk = r.gvk();
         let api_version = super::resource::str_at(&r.obj, &["apiVersion"]).to_string();
@@ -47,10 +46,9 @@ pub(crate) fn namespace(
                 Ok(())
             };
             if let Err(e) = walk(&mut r.obj, path, spec.create, Leaf::Scalar, &mut set) {
-                return Err(walk_err(file, &ra[i], &spec.path, e));
+                return Err(walk_err(file, r, &spec.path, e));
             }
         }
-        let r = &mut ra[i];
         if matches!(gvk.kind.as_str(), "RoleBinding" | "ClusterRoleBinding")
             && let Some(Value::Array(subjects)) = r.obj.get_mut("subjects")
         {
@@ -73,7 +71,10 @@ fn check_unique(file: &RelPath, ns: &str, ra: &[Resource]) -> Result<(), Error> 
         if !seen.insert(r.cur_id().key()) {
             return Err(Error::Conflict {
                 file: file.clone(),
-                message: format!("namespace {ns:?} makes two resources the same: {}", r.describe()),
+                message: format!(
+                    "namespace {ns:?} makes two resources the same: {}",
+                    r.describe()
+                ),
             });
         }
     }
@@ -153,13 +154,9 @@ fn set_entries(
                         }),
                     }
                 };
-                if let Err(e) = fieldspec::walk_with_pointer(
-                    &mut r.obj,
-                    &path,
-                    spec.create,
-                    Leaf::Map,
-                    &mut set,
-                ) {
+                if let Err(e) =
+                    fieldspec::walk_with_pointer(&mut r.obj, path, spec.create, Leaf::Map, &mut set)
+                {
                     return Err(walk_err(file, r, &spec.path, e));
                 }
             }
@@ -217,9 +214,15 @@ pub(crate) fn labels(file: &RelPath, k: &Kustomization, ra: &mut [Resource]) -> 
             merge_specs(&mut specs, common_label_specs().to_vec());
         } else {
             if l.include_templates {
-                merge_specs(&mut specs, fieldspec::cached(fieldspec::METADATA_LABELS).to_vec());
+                merge_specs(
+                    &mut specs,
+                    fieldspec::cached(fieldspec::METADATA_LABELS).to_vec(),
+                );
             }
-            merge_specs(&mut specs, fieldspec::cached("- - - metadata/labels create").to_vec());
+            merge_specs(
+                &mut specs,
+                fieldspec::cached("- - - metadata/labels create").to_vec(),
+            );
         }
         set_entries(file, ra, &l.pairs, &specs)?;
     }
