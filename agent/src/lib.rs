@@ -11,6 +11,7 @@ pub mod inventory;
 pub mod object;
 pub mod reconcile;
 pub mod store;
+pub mod verify;
 
 pub use cli::Args;
 
