@@ -819,6 +819,17 @@ enum Style {
 
 /// Writes a string scalar at column `col`; `indent` is the indentation of continuation lines.
 fn emit_string(out: &mut String, s: &str, col: usize, is_key: bool, indent: usize) {
+    // Fast path: a word of safe characters is always written plain.
+    let b = s.as_bytes();
+    if !b.is_empty()
+        && b.iter()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, b'.' | b'_' | b'/' | b'-'))
+        && b[0].is_ascii_alphabetic()
+        && !resolves_to_non_string(s)
+    {
+        out.push_str(s);
+        return;
+    }
     let mut style = if s.contains('\n') {
         Style::Literal
     } else {
