@@ -365,10 +365,11 @@ impl Walker {
                 if gone {
                     element_setter(&mut dest, &arena, None, &vk, &vv, &self.path)?;
                     exit = true;
-                } else if let Some(Value::Object(m)) = node.map(|n| &mut arena[n]) {
-                    if !m.contains_key(*key) && !vv[i].is_empty() {
-                        m.insert((*key).to_string(), plain_scalar(&vv[i]));
-                    }
+                } else if let Some(Value::Object(m)) = node.map(|n| &mut arena[n])
+                    && !m.contains_key(*key)
+                    && !vv[i].is_empty()
+                {
+                    m.insert((*key).to_string(), plain_scalar(&vv[i]));
                 }
             }
             if exit {
@@ -690,10 +691,11 @@ fn element_setter(
         }
     }
     *list = out;
-    if let Some(e) = element {
-        if !matched && !arena[e].is_null() {
-            list.push(e);
-        }
+    if let Some(e) = element
+        && !matched
+        && !arena[e].is_null()
+    {
+        list.push(e);
     }
     Ok(())
 }
