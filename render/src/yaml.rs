@@ -213,6 +213,11 @@ fn check_number(v: Value) -> Result<Value, String> {
     Ok(v)
 }
 
+/// Reads `text` as a plain YAML scalar would be read (number, bool, null or string).
+pub(crate) fn parse_scalar(text: &str) -> Value {
+    resolve_plain(text)
+}
+
 /// Resolution of an untagged plain scalar (YAML 1.2 core schema plus yaml.v3's extras: 1.1-style
 /// octals like `0777`, `_` separators in numbers).
 fn resolve_plain(text: &str) -> Value {

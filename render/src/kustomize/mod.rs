@@ -11,6 +11,7 @@ mod generators;
 mod nameref;
 mod order;
 mod patches;
+mod replacements;
 mod resource;
 mod transform;
 mod types;
@@ -359,6 +360,10 @@ impl Builder<'_, '_> {
         patches::json6902_list(self.src, dir, file, k, ra)?;
         transform::replicas(file, k, ra)?;
         transform::images(file, k, ra)?;
+        if !k.replacements.is_empty() {
+            let reps = replacements::load(self.src, dir, file, &k.replacements)?;
+            replacements::apply(file, &reps, ra)?;
+        }
         Ok(())
     }
 

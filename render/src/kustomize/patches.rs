@@ -495,6 +495,26 @@ pub(crate) fn select(file: &RelPath, t: &Selector, ra: &[Resource]) -> Result<Ve
     Ok(out)
 }
 
+/// Parsed label and annotation selectors.
+pub(crate) struct LabelSelectors {
+    labels: Vec<Req>,
+    annotations: Vec<Req>,
+}
+
+impl LabelSelectors {
+    pub(crate) fn new(file: &RelPath, labels: &str, annotations: &str) -> Result<Self, Error> {
+        Ok(Self {
+            labels: parse_selector(file, "labelSelector", labels)?,
+            annotations: parse_selector(file, "annotationSelector", annotations)?,
+        })
+    }
+
+    pub(crate) fn matches(&self, r: &Resource) -> bool {
+        matches_selector(&self.labels, &r.string_map("labels"))
+            && matches_selector(&self.annotations, &r.string_map("annotations"))
+    }
+}
+
 /// One requirement of a Kubernetes label selector.
 #[derive(Debug)]
 enum Req {
