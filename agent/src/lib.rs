@@ -5,6 +5,7 @@
 
 pub mod apply;
 pub mod cli;
+pub mod connect;
 pub mod drift;
 pub mod health;
 pub mod inventory;

@@ -10,6 +10,7 @@
 //! ```
 
 pub mod controlplane;
+pub mod sim;
 
 pub use controlplane::TestCluster;
 
