@@ -5,12 +5,14 @@
 
 pub mod apply;
 pub mod cli;
+pub mod connect;
 pub mod drift;
 pub mod health;
 pub mod inventory;
 pub mod object;
 pub mod reconcile;
 pub mod store;
+pub mod verify;
 
 pub use cli::Args;
 

@@ -11,6 +11,7 @@
 
 pub mod bench;
 pub mod controlplane;
+pub mod sim;
 
 pub use controlplane::TestCluster;
 
@@ -55,4 +56,33 @@ pub fn skip_unless_e2e() -> bool {
         "skipped: set FLOTILLA_E2E=1 to run tests on real control planes (scripts/test.sh does)"
     );
     true
+}
+
+/// Path of a binary of this workspace (e.g. `flotilla-agent`), built with the same profile as
+/// the running test if needed, so e2e tests can run real flotilla processes.
+pub fn workspace_binary(package: &str, bin: &str) -> anyhow::Result<std::path::PathBuf> {
+    use anyhow::Context as _;
+    // Test executables live in <target>/<profile>/deps/.
+    let exe = std::env::current_exe().context("locating the test executable")?;
+    let profile_dir = exe
+        .parent()
+        .and_then(|d| d.parent())
+        .context("the test executable is not in <target>/<profile>/deps")?
+        .to_path_buf();
+    let release = profile_dir.file_name().is_some_and(|n| n == "release");
+    let mut cmd =
+        std::process::Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()));
+    cmd.args(["build", "--quiet", "-p", package, "--bin", bin])
+        .current_dir(env!("CARGO_MANIFEST_DIR"));
+    if release {
+        cmd.arg("--release");
+    }
+    if let Some(target) = profile_dir.parent() {
+        cmd.env("CARGO_TARGET_DIR", target);
+    }
+    let status = cmd.status().with_context(|| format!("building {bin}"))?;
+    anyhow::ensure!(status.success(), "building {bin} failed ({status})");
+    let path = profile_dir.join(bin);
+    anyhow::ensure!(path.is_file(), "{} was not built", path.display());
+    Ok(path)
 }

@@ -4,7 +4,10 @@
 //! streams it to the agents. See `ARCHITECTURE.md` for the code map; each stage of the data flow
 //! is one module here.
 
+pub mod bundle;
 pub mod cli;
+pub mod delivery;
+pub mod fleet;
 pub mod server;
 
 /// The version of this build, as printed by `--version`.

@@ -217,14 +217,48 @@ pub(crate) fn walk(
     leaf: Leaf,
     set: &mut dyn FnMut(&mut Value) -> Result<(), WalkError>,
 ) -> Result<(), WalkError> {
+    let mut ptr = String::new();
+    walk_at(obj, path, create, leaf, &mut ptr, &mut |v, _| set(v))
+}
+
+/// Like [`walk`], also giving `set` the JSON pointer of each node it visits.
+pub(crate) fn walk_with_pointer(
+    obj: &mut Value,
+    path: &[String],
+    create: bool,
+    leaf: Leaf,
+    set: &mut dyn FnMut(&mut Value, &str) -> Result<(), WalkError>,
+) -> Result<(), WalkError> {
+    let mut ptr = String::new();
+    walk_at(obj, path, create, leaf, &mut ptr, set)
+}
+
+/// Escapes one JSON-pointer segment.
+pub(crate) fn pointer_segment(s: &str) -> String {
+    s.replace('~', "~0").replace('/', "~1")
+}
+
+fn walk_at(
+    obj: &mut Value,
+    path: &[String],
+    create: bool,
+    leaf: Leaf,
+    ptr: &mut String,
+    set: &mut dyn FnMut(&mut Value, &str) -> Result<(), WalkError>,
+) -> Result<(), WalkError> {
     if path.is_empty() {
-        return set(obj);
+        return set(obj, ptr);
     }
+    let len = ptr.len();
     match obj {
         Value::Null => Ok(()),
         Value::Array(items) => {
-            for item in items {
-                walk(item, path, create, leaf, set)?;
+            for (i, item) in items.iter_mut().enumerate() {
+                ptr.push('/');
+                ptr.push_str(&i.to_string());
+                let r = walk_at(item, path, create, leaf, ptr, set);
+                ptr.truncate(len);
+                r?;
             }
             Ok(())
         }
@@ -235,22 +269,30 @@ pub(crate) fn walk(
             };
             let last = path.len() == 1;
             let create_here = create && !is_seq && !(last && leaf == Leaf::None);
-            if !map.contains_key(name) || map.get(name) == Some(&Value::Null) {
+            ptr.push('/');
+            ptr.push_str(&pointer_segment(name));
+            let r = if !map.contains_key(name) || map.get(name) == Some(&Value::Null) {
                 if !create_here {
-                    return match map.get_mut(name) {
-                        Some(v) => walk(v, &path[1..], create, leaf, set),
+                    match map.get_mut(name) {
+                        Some(v) => walk_at(v, &path[1..], create, leaf, ptr, set),
                         None => Ok(()),
-                    };
-                }
-                let fresh = if last && leaf == Leaf::Scalar {
-                    Value::Null
+                    }
                 } else {
-                    Value::Object(Map::new())
-                };
-                map.insert(name.to_string(), fresh);
-            }
-            let child = map.get_mut(name).expect("inserted above");
-            walk(child, &path[1..], create, leaf, set)
+                    let fresh = if last && leaf == Leaf::Scalar {
+                        Value::Null
+                    } else {
+                        Value::Object(Map::new())
+                    };
+                    map.insert(name.to_string(), fresh);
+                    let child = map.get_mut(name).expect("inserted above");
+                    walk_at(child, &path[1..], create, leaf, ptr, set)
+                }
+            } else {
+                let child = map.get_mut(name).expect("checked above");
+                walk_at(child, &path[1..], create, leaf, ptr, set)
+            };
+            ptr.truncate(len);
+            r
         }
         _ => Err(WalkError {
             message: format!("expected a mapping or list at {:?}", path[0]),

@@ -82,7 +82,13 @@ pub(crate) fn build(src: &Source<'_>, dir: &RelPath) -> Result<Vec<Value>, Error
         file: file.clone(),
         message,
     })?;
-    Ok(ra.into_iter().map(|r| r.obj).collect())
+    Ok(ra
+        .into_iter()
+        .map(|mut r| {
+            r.normalize_annotations();
+            r.obj
+        })
+        .collect())
 }
 
 /// The state of one build: the source and the chain of kustomizations being built (for cycle
@@ -242,7 +248,9 @@ impl Builder<'_, '_> {
                     }
                     for obj in objs {
                         check_object(&path, &obj)?;
-                        append(ra, Resource::new(obj, path.clone()), file)?;
+                        let mut r = Resource::new(obj, path.clone());
+                        r.normalize_annotations();
+                        append(ra, r, file)?;
                     }
                 }
                 Ok(Some(EntryKind::Dir)) => {

@@ -206,6 +206,7 @@ fn apply_smp(
             obj.insert("apiVersion".into(), av.clone());
         }
     }
+    let linked = r.linked_values();
     engine::strategic_merge(&mut r.obj, &p).map_err(|message| Error::Invalid {
         file: file.clone(),
         message: format!("patch {label} on {}: {message}", r.describe()),
@@ -222,6 +223,7 @@ fn apply_smp(
         r.set_name(&name);
     }
     r.set_namespace(&ns);
+    r.propagate_linked(&linked);
     Ok(true)
 }
 
@@ -283,7 +285,7 @@ pub(crate) fn patches(
                 }
                 let selected = select(file, target, ra)?;
                 if selected.is_empty() {
-                    return Err(no_match(file, &label, target));
+                    warn_no_match(file, &label, target);
                 }
                 let mut keep = vec![true; ra.len()];
                 for i in selected {
@@ -338,6 +340,14 @@ fn patch_docs(
             parse_inline(file, text)?,
             describe_source(None, text),
         )),
+    }
+}
+
+/// Kustomize applies a patch whose target selects nothing to nothing, silently; flotilla
+/// matches its output and says so in the log.
+fn warn_no_match(file: &RelPath, label: &str, t: &Selector) {
+    if let Error::PatchNoMatch { patch, .. } = no_match(file, label, t) {
+        tracing::warn!(file = %file, patch = %patch, "patch target selects no resource");
     }
 }
 
@@ -403,13 +413,15 @@ fn apply_json_to_selected(
 ) -> Result<(), Error> {
     let selected = select(file, target, ra)?;
     if selected.is_empty() {
-        return Err(no_match(file, label, target));
+        warn_no_match(file, label, target);
     }
     for i in selected {
         let r = &mut ra[i];
         if store_id {
             r.store_previous_id();
         }
+        // The patch works on a JSON copy: shared YAML nodes are gone afterwards.
+        r.links.clear();
         engine::json6902(&mut r.obj, ops).map_err(|message| Error::Invalid {
             file: file.clone(),
             message: format!("patch {label} on {}: {message}", r.describe()),

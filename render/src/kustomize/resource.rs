@@ -122,6 +122,11 @@ pub(crate) struct Resource {
     pub behavior: Behavior,
     /// For generated objects: whether the name gets a content-hash suffix.
     pub needs_hash: bool,
+    /// Groups of JSON pointers that hold one shared value: Kustomize adds a new label or
+    /// annotation to all its fields as one YAML node, so a later in-place change of one (a
+    /// `labels` entry, a strategic-merge patch) shows in all. A JSON patch re-creates the
+    /// object and ends the sharing.
+    pub links: Vec<Vec<String>>,
     /// The file the object was read from (or the kustomization that generated it).
     pub source: RelPath,
 }
@@ -146,6 +151,7 @@ impl Resource {
             suffixes: Vec::new(),
             behavior: Behavior::Create,
             needs_hash: false,
+            links: Vec::new(),
             source,
         }
     }
@@ -232,6 +238,75 @@ impl Resource {
                 })
                 .collect(),
             _ => Vec::new(),
+        }
+    }
+
+    /// Sets the value at `ptr` and at every pointer sharing its node.
+    pub fn set_linked(&mut self, ptr: &str, value: &Value) {
+        let group: Vec<String> = self
+            .links
+            .iter()
+            .find(|g| g.iter().any(|p| p == ptr))
+            .cloned()
+            .unwrap_or_default();
+        for p in group.iter().filter(|p| p.as_str() != ptr) {
+            if let Some(v) = self.obj.pointer_mut(p) {
+                *v = value.clone();
+            }
+        }
+    }
+
+    /// Current values at every linked pointer (to detect in-place changes by a patch).
+    pub fn linked_values(&self) -> Vec<Vec<Option<Value>>> {
+        self.links
+            .iter()
+            .map(|g| g.iter().map(|p| self.obj.pointer(p).cloned()).collect())
+            .collect()
+    }
+
+    /// After a strategic-merge patch: a shared value changed at one place changes everywhere.
+    pub fn propagate_linked(&mut self, before: &[Vec<Option<Value>>]) {
+        for (gi, group) in self.links.clone().into_iter().enumerate() {
+            let changed = group.iter().enumerate().find_map(|(i, p)| {
+                let now = self.obj.pointer(p)?;
+                (before[gi][i].as_ref() != Some(now)).then(|| now.clone())
+            });
+            if let Some(v) = changed {
+                for p in &group {
+                    if let Some(slot) = self.obj.pointer_mut(p) {
+                        *slot = v.clone();
+                    }
+                }
+            }
+        }
+    }
+
+    /// Annotations as Kustomize re-writes them: values as strings, an empty map removed.
+    pub fn normalize_annotations(&mut self) {
+        let Some(meta) = self.obj.get_mut("metadata").and_then(Value::as_object_mut) else {
+            return;
+        };
+        let Some(ann) = meta.get_mut("annotations") else {
+            return;
+        };
+        let keep = match ann {
+            Value::Object(m) => {
+                for v in m.values_mut() {
+                    let s = match &*v {
+                        Value::String(_) => continue,
+                        Value::Null => String::new(),
+                        Value::Bool(b) => b.to_string(),
+                        Value::Number(n) => crate::yaml::format_number(n),
+                        other => other.to_string(),
+                    };
+                    *v = Value::String(s);
+                }
+                !m.is_empty()
+            }
+            _ => false,
+        };
+        if !keep {
+            meta.remove("annotations");
         }
     }
 

@@ -378,7 +378,8 @@ fn escaping_the_root_is_refused() {
 
 #[test]
 fn patch_matching_nothing_is_an_error() {
-    let e = error(
+    // A `target:` that selects nothing is a no-op in Kustomize; flotilla matches that.
+    check(
         r#"
 === kustomization.yaml
 resources: [cm.yaml]
@@ -395,10 +396,7 @@ metadata: {name: a}
 "#,
         ".",
     );
-    assert_eq!(
-        e,
-        r#"kustomization.yaml: patch (inline: "- op: add"...) (target kind=Deployment) matches no resource"#
-    );
+    // A strategic-merge patch names its target; naming nothing is an error.
     let e = error(
         "=== kustomization.yaml\nresources: [cm.yaml]\npatchesStrategicMerge: [p.yaml]\n=== cm.yaml\napiVersion: v1\nkind: ConfigMap\nmetadata: {name: a}\n=== p.yaml\napiVersion: v1\nkind: ConfigMap\nmetadata: {name: b}\n",
         ".",
@@ -473,6 +471,44 @@ fn limits_are_enforced() {
     };
     let e = render(&t, &RelPath::root(), &Variables::new(), &opts).expect_err("limit");
     assert!(e.to_string().contains("over the limit of 10 bytes"), "{e}");
+}
+
+#[test]
+fn labels_shared_by_kustomize_change_together() {
+    // commonLabels in a base adds one YAML node to metadata, selector and template; a later
+    // `labels` entry or strategic-merge patch changing it in place changes all three.
+    let base = r#"
+=== base/kustomization.yaml
+commonLabels: {team: core}
+commonAnnotations: {note: base}
+resources: [app.yaml]
+=== base/app.yaml
+apiVersion: apps/v1
+kind: Deployment
+metadata:
+  name: signal
+  annotations: {}
+spec:
+  selector:
+    matchLabels: {app: signal}
+  template:
+    metadata:
+      labels: {app: signal}
+    spec:
+      containers: [{name: s, image: s}]
+"#;
+    let labels = format!(
+        "{base}=== top/kustomization.yaml\nresources: [../base]\nlabels:\n- pairs: {{team: edge}}\n"
+    );
+    check(&labels, "top");
+    let smp = format!(
+        "{base}=== top/kustomization.yaml\nresources: [../base]\npatches:\n- patch: |-\n    apiVersion: apps/v1\n    kind: Deployment\n    metadata:\n      name: signal\n      labels: {{team: edge}}\n      annotations: {{note: top}}\n"
+    );
+    check(&smp, "top");
+    let json = format!(
+        "{base}=== top/kustomization.yaml\nresources: [../base]\npatches:\n- target: {{kind: Deployment}}\n  patch: |-\n    - op: add\n      path: /spec/paused\n      value: false\nlabels:\n- pairs: {{team: edge}}\n"
+    );
+    check(&json, "top");
 }
 
 #[test]

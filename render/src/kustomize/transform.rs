@@ -121,29 +121,49 @@ fn set_entries(
     }
     for r in ra.iter_mut() {
         let gvk = r.gvk();
-        for spec in specs {
-            if !spec.selects(&gvk) {
-                continue;
-            }
-            let path = split_path(&spec.path);
-            let mut set = |v: &mut Value| {
-                if v.is_null() {
-                    *v = Value::Object(Map::new());
+        for (key, val) in entries {
+            let value = Value::String(val.clone());
+            let seg = fieldspec::pointer_segment(key);
+            let (mut inserted, mut overwritten) = (Vec::new(), Vec::new());
+            for spec in specs {
+                if !spec.selects(&gvk) {
+                    continue;
                 }
-                match v {
-                    Value::Object(m) => {
-                        for (k, val) in entries {
-                            m.insert(k.clone(), Value::String(val.clone()));
-                        }
-                        Ok(())
+                let path = split_path(&spec.path);
+                let mut set = |v: &mut Value, ptr: &str| {
+                    if v.is_null() {
+                        *v = Value::Object(Map::new());
                     }
-                    _ => Err(fieldspec::WalkError {
-                        message: "expected a mapping".into(),
-                    }),
+                    match v {
+                        Value::Object(m) => {
+                            let p = format!("{ptr}/{seg}");
+                            if m.insert(key.clone(), value.clone()).is_some() {
+                                overwritten.push(p);
+                            } else {
+                                inserted.push(p);
+                            }
+                            Ok(())
+                        }
+                        _ => Err(fieldspec::WalkError {
+                            message: "expected a mapping".into(),
+                        }),
+                    }
+                };
+                if let Err(e) = fieldspec::walk_with_pointer(
+                    &mut r.obj,
+                    &path,
+                    spec.create,
+                    Leaf::Map,
+                    &mut set,
+                ) {
+                    return Err(walk_err(file, r, &spec.path, e));
                 }
-            };
-            if let Err(e) = walk(&mut r.obj, &path, spec.create, Leaf::Map, &mut set) {
-                return Err(walk_err(file, r, &spec.path, e));
+            }
+            for p in &overwritten {
+                r.set_linked(p, &value);
+            }
+            if inserted.len() > 1 {
+                r.links.push(inserted);
             }
         }
     }

@@ -65,7 +65,13 @@ pub(super) fn apply(doc: &mut Value, ops: &Value) -> Result<(), Error> {
             }
             "copy" => {
                 let from = from()?;
-                // Like kustomize, copying a missing object member copies `null`.
+                // Like kustomize, copying a missing object member copies `null`, and the whole
+                // document cannot be copied.
+                if from.is_empty() {
+                    return Err(fail(
+                        "from \"\": cannot copy the whole document".to_string(),
+                    ));
+                }
                 let v = get(doc, from)
                     .map_err(|e| fail(format!("from {from:?}: {e}")))?
                     .cloned()

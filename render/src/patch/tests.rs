@@ -1122,3 +1122,142 @@ fn smp_randomised_deployments_match_kustomize() {
         mismatches[0]
     );
 }
+
+/// A random RFC 6901 pointer into `doc`, sometimes one step beyond what exists, never touching
+/// what identifies the object (kustomize rejects a patch that breaks the object's identity,
+/// which is not the patch engine's business).
+fn random_pointer(rng: &mut Rng, doc: &Value, for_add: bool) -> String {
+    loop {
+        let p = random_pointer_any(rng, doc, for_add);
+        let identity = ["/kind", "/apiVersion", "/metadata/name"]
+            .iter()
+            .any(|id| p == *id || p.starts_with(&format!("{id}/")));
+        if !identity && p != "/metadata" && !p.is_empty() {
+            return p;
+        }
+    }
+}
+
+fn random_pointer_any(rng: &mut Rng, doc: &Value, for_add: bool) -> String {
+    let mut path = String::new();
+    let mut cur = doc;
+    loop {
+        let stop = rng.chance(30);
+        match cur {
+            Value::Object(m) if !m.is_empty() && !stop => {
+                let keys: Vec<&String> = m.keys().collect();
+                let k = keys[rng.below(keys.len())];
+                path.push('/');
+                path.push_str(&k.replace('~', "~0").replace('/', "~1"));
+                cur = &m[k];
+            }
+            Value::Array(a) if !a.is_empty() && !stop => {
+                let len = a.len() as i64;
+                let i = rng.below(a.len()) as i64;
+                let i = if rng.chance(20) { i - len } else { i };
+                path.push_str(&format!("/{i}"));
+                cur = &a[rng.below(a.len())];
+                if i < 0 {
+                    // Keep following a real element; the index text is what matters.
+                    cur = &a[(i + len) as usize];
+                }
+            }
+            Value::Array(_) if for_add => {
+                let t = ["-", "0", "1"][rng.below(3)];
+                path.push_str(&format!("/{t}"));
+                return path;
+            }
+            Value::Object(_) if for_add => {
+                path.push_str(&format!("/new{}", rng.below(3)));
+                return path;
+            }
+            _ => return path,
+        }
+    }
+}
+
+#[test]
+fn json6902_randomised_operations_match_kustomize() {
+    const CASES: usize = 200;
+    let mut rng = Rng(0x6902_6902_6902_0001);
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mut kustomization = String::from("resources:\n- resources.yaml\npatches:\n");
+    let mut resources = String::new();
+    let mut compared = Vec::new();
+    let mut rejected = Vec::new();
+    let values = [
+        serde_json::json!("s"),
+        serde_json::json!(7),
+        serde_json::json!({"k": "v"}),
+        serde_json::json!(["x"]),
+        Value::Null,
+    ];
+    for i in 0..CASES {
+        let name = format!("web-{i}");
+        // A custom kind, so kustomize's own transformers (name references) cannot trip over
+        // the shapes the random operations create.
+        let mut target = random_deployment(&mut rng, &name, false);
+        target["apiVersion"] = Value::from("example.com/v1");
+        target["kind"] = Value::from("Widget");
+        let ops: Vec<Value> = (0..1 + rng.below(3))
+            .map(|_| {
+                let op = rng.pick(&["add", "remove", "replace", "move", "copy", "test"]);
+                let path = random_pointer(&mut rng, &target, op != "remove");
+                let mut o = serde_json::json!({"op": op, "path": path});
+                match op {
+                    "move" | "copy" => {
+                        o["from"] = Value::from(random_pointer(&mut rng, &target, false))
+                    }
+                    "remove" => {}
+                    _ => o["value"] = values[rng.below(values.len())].clone(),
+                }
+                o
+            })
+            .collect();
+        let ops = Value::Array(ops);
+        let mut ours = target.clone();
+        if json6902(&mut ours, &ops).is_err() {
+            rejected.push((target, ops));
+            continue;
+        }
+        resources.push_str("---\n");
+        resources.push_str(&serde_yaml::to_string(&target).expect("yaml"));
+        let file = format!("ops-{i}.json");
+        std::fs::write(dir.path().join(&file), ops.to_string()).expect("write ops");
+        kustomization.push_str(&format!(
+            "- path: {file}\n  target:\n    kind: Widget\n    name: {name}\n"
+        ));
+        compared.push((name, ours, ops));
+    }
+    assert!(
+        compared.len() > CASES / 3,
+        "too few applicable cases: {}",
+        compared.len()
+    );
+    std::fs::write(dir.path().join("resources.yaml"), resources).expect("write");
+    std::fs::write(dir.path().join("kustomization.yaml"), kustomization).expect("write");
+    let output = run_kubectl(dir.path())
+        .expect("kustomize applies every patch we accepted (it failed on one of them)");
+    for (name, ours, ops) in &compared {
+        let want = output.iter().find(|o| *o == ours);
+        assert!(
+            want.is_some(),
+            "{name}: ops {ops} give\n{}\nwhich kustomize does not produce",
+            serde_yaml::to_string(ours).unwrap_or_default()
+        );
+    }
+    assert_eq!(output.len(), compared.len());
+    // Operations we reject must fail in kustomize too (checked one kustomization each).
+    for (target, ops) in rejected.iter().take(15) {
+        let yaml = serde_yaml::to_string(target).expect("yaml");
+        let result = kubectl(
+            &yaml,
+            "- path: patch.yaml\n  target:\n    kind: Widget\n",
+            &ops.to_string(),
+        );
+        assert!(
+            result.is_err(),
+            "we reject {ops} on\n{yaml}\nbut kustomize gives {result:?}"
+        );
+    }
+}

@@ -1,0 +1,140 @@
+//! Canonical JSON: the one byte sequence a rendered object set is signed as.
+//!
+//! Object keys are sorted by their UTF-8 bytes, there is no insignificant whitespace, strings use
+//! serde_json's escaping and numbers its shortest round-trip form. Two renders of the same objects
+//! therefore produce the same bytes and the same digest, whatever map order the renderer used.
+
+use std::io::Write as _;
+
+use serde_json::Value;
+use sha2::{Digest as _, Sha256};
+
+/// The sha256 digest of a bundle's canonical payload.
+#[derive(Clone, Copy, PartialEq, Eq, Hash)]
+pub struct Digest(pub [u8; 32]);
+
+impl Digest {
+    /// The digest of `bytes`.
+    pub fn of(bytes: &[u8]) -> Self {
+        Self(Sha256::digest(bytes).into())
+    }
+
+    /// Reads a digest from its 32 raw bytes; `None` when the length is wrong.
+    pub fn from_slice(bytes: &[u8]) -> Option<Self> {
+        bytes.try_into().ok().map(Self)
+    }
+}
+
+impl std::fmt::Debug for Digest {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "sha256:{}", hex::encode(self.0))
+    }
+}
+
+impl std::fmt::Display for Digest {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        std::fmt::Debug::fmt(self, f)
+    }
+}
+
+/// Encodes a list of objects as a canonical JSON array.
+pub fn encode_objects(objects: &[Value]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(objects.len() * 256);
+    out.push(b'[');
+    for (i, object) in objects.iter().enumerate() {
+        if i > 0 {
+            out.push(b',');
+        }
+        write_value(&mut out, object);
+    }
+    out.push(b']');
+    out
+}
+
+/// Encodes one value canonically.
+pub fn encode(value: &Value) -> Vec<u8> {
+    let mut out = Vec::new();
+    write_value(&mut out, value);
+    out
+}
+
+fn write_value(out: &mut Vec<u8>, value: &Value) {
+    match value {
+        Value::Object(map) => {
+            // Sort explicitly: serde_json's map keeps insertion order when any crate in the
+            // build enables its `preserve_order` feature.
+            let mut entries: Vec<_> = map.iter().collect();
+            entries.sort_unstable_by(|a, b| a.0.as_bytes().cmp(b.0.as_bytes()));
+            out.push(b'{');
+            for (i, (key, v)) in entries.into_iter().enumerate() {
+                if i > 0 {
+                    out.push(b',');
+                }
+                write_scalar(out, &Value::String(key.clone()));
+                out.push(b':');
+                write_value(out, v);
+            }
+            out.push(b'}');
+        }
+        Value::Array(items) => {
+            out.push(b'[');
+            for (i, v) in items.iter().enumerate() {
+                if i > 0 {
+                    out.push(b',');
+                }
+                write_value(out, v);
+            }
+            out.push(b']');
+        }
+        scalar => write_scalar(out, scalar),
+    }
+}
+
+fn write_scalar(out: &mut Vec<u8>, value: &Value) {
+    // Writing a scalar to a Vec cannot fail.
+    let _ = serde_json::to_writer(&mut *out, value);
+    let _ = out.flush();
+}
+
+/// Decodes a canonical payload back into its objects.
+pub fn decode_objects(bytes: &[u8]) -> Result<Vec<Value>, serde_json::Error> {
+    serde_json::from_slice(bytes)
+}
+
+#[cfg(test)]
+mod tests {
+    use serde_json::json;
+
+    use super::*;
+
+    #[test]
+    fn keys_are_sorted_and_whitespace_dropped() {
+        let a = json!({"kind": "ConfigMap", "apiVersion": "v1", "data": {"b": "2", "a": 1.5}});
+        assert_eq!(
+            String::from_utf8(encode(&a)).unwrap(),
+            r#"{"apiVersion":"v1","data":{"a":1.5,"b":"2"},"kind":"ConfigMap"}"#
+        );
+    }
+
+    #[test]
+    fn same_objects_same_digest_whatever_the_key_order() {
+        let a: Value = serde_json::from_str(r#"{"z":1,"a":[{"y":"q","b":null}]}"#).unwrap();
+        let b: Value = serde_json::from_str(r#"{"a":[{"b":null,"y":"q"}],"z":1}"#).unwrap();
+        assert_eq!(
+            Digest::of(&encode_objects(std::slice::from_ref(&a))),
+            Digest::of(&encode_objects(&[b]))
+        );
+        let c = json!({"z": 2, "a": [{"b": null, "y": "q"}]});
+        assert_ne!(
+            Digest::of(&encode_objects(&[a])),
+            Digest::of(&encode_objects(&[c]))
+        );
+    }
+
+    #[test]
+    fn round_trips() {
+        let objects = vec![json!({"a": "é\n\"x\""}), json!([1, 2, {"k": true}])];
+        let bytes = encode_objects(&objects);
+        assert_eq!(decode_objects(&bytes).unwrap(), objects);
+    }
+}

@@ -1,0 +1,493 @@
+//! Delivery: the hub's gRPC server. It registers agents ([`registration`]), holds the latest
+//! signed bundle per (cluster, delivery) and streams it to each connected agent over mTLS
+//! ([`stream`]).
+//!
+//! Two listeners, both TLS, neither plaintext: the registration listener authenticates only
+//! the hub (an agent has no certificate yet); the delivery listener requires a client
+//! certificate chained to the hub CA and takes the agent's cluster from it.
+
+pub mod ca;
+mod registration;
+mod stream;
+
+use std::collections::BTreeMap;
+use std::sync::{Arc, RwLock};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use bytes::Bytes;
+use dashmap::DashMap;
+use flotilla_bundle::{BundleMeta, KeyId, SignedBundle, SignedKeySet, SigningKey};
+use flotilla_proto::pb;
+use serde_json::Value;
+use tokio::net::TcpListener;
+use tokio::sync::Notify;
+use tokio_stream::wrappers::TcpListenerStream;
+use tonic::codec::CompressionEncoding;
+use tonic::transport::{Certificate, Identity, Server, ServerTlsConfig};
+use tracing::{info, warn};
+
+use crate::bundle::KeyRing;
+use crate::fleet::{ClusterState, Event, Registry};
+pub use ca::HubCa;
+use stream::AgentConn;
+
+/// Errors of the delivery server.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// Issuing the hub's server certificate failed.
+    #[error("issuing the hub server certificate")]
+    ServerCert(#[source] ca::Error),
+    /// A listener could not be configured or failed while serving.
+    #[error("serving the {listener} listener")]
+    Serve {
+        /// Which listener.
+        listener: &'static str,
+        /// Why.
+        #[source]
+        source: tonic::transport::Error,
+    },
+    /// A key rollover step was refused.
+    #[error("rolling over signing keys")]
+    Keys(#[source] crate::bundle::Error),
+    /// The cluster id cannot be used.
+    #[error("publishing to cluster {cluster}")]
+    Cluster {
+        /// The cluster.
+        cluster: String,
+        /// Why.
+        #[source]
+        source: ca::Error,
+    },
+}
+
+/// A convenient result type for this module.
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+/// Tunables of the delivery server.
+#[derive(Clone, Debug)]
+pub struct Config {
+    /// DNS names and IP addresses the hub's server certificate is valid for.
+    pub server_names: Vec<String>,
+    /// Lifetime of the client certificates issued to agents.
+    pub client_cert_ttl: Duration,
+    /// Lifetime of a signed bundle.
+    pub bundle_ttl: Duration,
+    /// Interval of heartbeats on the stream; three missed ones end it.
+    pub heartbeat_interval: Duration,
+    /// Largest payload slice per gRPC message.
+    pub chunk_size: usize,
+    /// How long an agent has to send `Hello` after opening the stream.
+    pub hello_timeout: Duration,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Self {
+            server_names: vec!["localhost".into(), "127.0.0.1".into()],
+            client_cert_ttl: Duration::from_secs(30 * 24 * 3600),
+            bundle_ttl: Duration::from_secs(7 * 24 * 3600),
+            heartbeat_interval: Duration::from_secs(15),
+            chunk_size: flotilla_proto::convert::DEFAULT_CHUNK_SIZE,
+            hello_timeout: Duration::from_secs(10),
+        }
+    }
+}
+
+/// What an agent last acknowledged for one delivery.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct AckRecord {
+    /// The bundle's sequence.
+    pub sequence: u64,
+    /// Applied, failed or rejected.
+    pub outcome: AckOutcome,
+    /// The agent's message (why it failed or was rejected).
+    pub message: String,
+    /// Per-object results: (kind/namespace/name, ok).
+    pub objects: Vec<(String, bool)>,
+}
+
+/// The outcome an agent reported for a bundle.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum AckOutcome {
+    /// Verified and applied.
+    Applied,
+    /// Verified, applying failed.
+    Failed,
+    /// Refused by verification: nothing applied.
+    Rejected,
+}
+
+/// The hub's delivery side; cheap to clone.
+#[derive(Clone, Debug)]
+pub struct Hub {
+    inner: Arc<Inner>,
+}
+
+#[derive(Debug)]
+struct Inner {
+    registry: Arc<dyn Registry>,
+    ca: Arc<HubCa>,
+    keys: RwLock<KeyRing>,
+    config: Config,
+    server_identity: ca::PemIdentity,
+    /// Latest signed bundle per cluster, per delivery.
+    store: DashMap<String, BTreeMap<String, Arc<SignedBundle>>>,
+    /// The open stream per cluster.
+    agents: DashMap<String, Arc<AgentConn>>,
+    acks: DashMap<(String, String), AckRecord>,
+    ack_changed: Notify,
+    next_conn_id: std::sync::atomic::AtomicU64,
+    /// Last sequence allocated per (cluster, delivery).
+    sequences: DashMap<(String, String), u64>,
+}
+
+fn unix_now() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap_or_default()
+        .as_secs()
+}
+
+fn unix_millis() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or_default()
+}
+
+impl Hub {
+    /// A hub with its CA, registry and first signing key. Issues its server certificate.
+    pub fn new(
+        registry: Arc<dyn Registry>,
+        ca: Arc<HubCa>,
+        signing_key: SigningKey,
+        config: Config,
+    ) -> Result<Self> {
+        let server_identity = ca
+            .issue_server(&config.server_names, Duration::from_secs(365 * 24 * 3600))
+            .map_err(Error::ServerCert)?;
+        Ok(Self {
+            inner: Arc::new(Inner {
+                registry,
+                ca,
+                keys: RwLock::new(KeyRing::new(signing_key)),
+                config,
+                server_identity,
+                store: DashMap::new(),
+                agents: DashMap::new(),
+                acks: DashMap::new(),
+                ack_changed: Notify::new(),
+                next_conn_id: 0.into(),
+                sequences: DashMap::new(),
+            }),
+        })
+    }
+
+    /// The registry this hub uses.
+    pub fn registry(&self) -> &Arc<dyn Registry> {
+        &self.inner.registry
+    }
+
+    /// The CA certificate agents must trust, PEM.
+    pub fn ca_pem(&self) -> &str {
+        self.inner.ca.cert_pem()
+    }
+
+    fn keys(&self) -> std::sync::RwLockReadGuard<'_, KeyRing> {
+        self.inner.keys.read().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn keys_mut(&self) -> std::sync::RwLockWriteGuard<'_, KeyRing> {
+        self.inner.keys.write().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// The key set agents should trust now.
+    pub fn key_set(&self) -> SignedKeySet {
+        self.keys().key_set().clone()
+    }
+
+    /// Publishes a rendered object set to (cluster, delivery): encodes, signs with a sequence
+    /// newer than any before, stores it as the latest and offers it to the cluster's agent if
+    /// connected. Never waits on the agent. Returns the sequence.
+    pub fn publish(
+        &self,
+        cluster: &str,
+        delivery: &str,
+        revision: &str,
+        objects: &[Value],
+    ) -> Result<u64> {
+        self.publish_encoded(cluster, delivery, revision, crate::bundle::encode(objects))
+    }
+
+    /// [`Hub::publish`] for a payload already in canonical encoding.
+    pub fn publish_encoded(
+        &self,
+        cluster: &str,
+        delivery: &str,
+        revision: &str,
+        payload: Bytes,
+    ) -> Result<u64> {
+        ca::validate_cluster_id(cluster).map_err(|source| Error::Cluster {
+            cluster: cluster.to_owned(),
+            source,
+        })?;
+        let sequence = {
+            let mut last = self
+                .inner
+                .sequences
+                .entry((cluster.to_owned(), delivery.to_owned()))
+                .or_insert(0);
+            // Wall-clock milliseconds keep sequences increasing across hub restarts without a
+            // durable counter; +1 keeps them strictly increasing within one millisecond.
+            *last = (*last + 1).max(unix_millis());
+            *last
+        };
+        let meta = BundleMeta {
+            cluster: cluster.to_owned(),
+            delivery: delivery.to_owned(),
+            revision: revision.to_owned(),
+            sequence,
+            expires_at: unix_now() + self.inner.config.bundle_ttl.as_secs(),
+        };
+        let bundle = Arc::new(self.keys().seal(meta, payload));
+        {
+            let mut per_cluster = self.inner.store.entry(cluster.to_owned()).or_default();
+            let slot = per_cluster
+                .entry(delivery.to_owned())
+                .or_insert(bundle.clone());
+            // A concurrent publish may have stored a newer one already.
+            if slot.header.meta.sequence < sequence {
+                *slot = bundle.clone();
+            }
+        }
+        if let Some(conn) = self.inner.agents.get(cluster) {
+            conn.offer_bundle(bundle);
+        }
+        Ok(sequence)
+    }
+
+    /// The latest signed bundle for (cluster, delivery).
+    pub fn latest(&self, cluster: &str, delivery: &str) -> Option<Arc<SignedBundle>> {
+        self.inner
+            .store
+            .get(cluster)
+            .and_then(|m| m.get(delivery).cloned())
+    }
+
+    /// Asks a connected agent to reconcile now (all deliveries when `delivery` is empty).
+    pub fn reconcile_now(&self, cluster: &str, delivery: &str) -> bool {
+        match self.inner.agents.get(cluster) {
+            Some(conn) => {
+                conn.offer_reconcile(delivery);
+                true
+            }
+            None => false,
+        }
+    }
+
+    fn broadcast_key_set(&self, set: SignedKeySet) {
+        for conn in self.inner.agents.iter() {
+            conn.offer_key_set(set.clone());
+        }
+    }
+
+    /// Rollover step 1: trusts a new key alongside the active one and sends the new key set
+    /// (signed by the active key) to every connected agent.
+    pub fn add_signing_key(&self, key: SigningKey) {
+        let set = self.keys_mut().add(key).clone();
+        info!(sequence = set.key_set.sequence, "signing key added");
+        self.broadcast_key_set(set);
+    }
+
+    /// Rollover step 2: signs with a trusted key from now on.
+    pub fn activate_signing_key(&self, id: &KeyId) -> Result<()> {
+        self.keys_mut().activate(id).map_err(Error::Keys)?;
+        info!(key = %id, "signing key activated");
+        Ok(())
+    }
+
+    /// Rollover step 3: stops trusting a key that no longer signs.
+    pub fn retire_signing_key(&self, id: &KeyId) -> Result<()> {
+        let set = self.keys_mut().retire(id).map_err(Error::Keys)?.clone();
+        info!(key = %id, "signing key retired");
+        self.broadcast_key_set(set);
+        Ok(())
+    }
+
+    /// Revokes a cluster: its stream closes at once and it cannot connect or register again.
+    pub async fn revoke(&self, cluster: &str) {
+        self.inner
+            .registry
+            .set_state(cluster, ClusterState::Revoked)
+            .await;
+    }
+
+    /// True while the cluster's agent has an open stream.
+    pub fn is_connected(&self, cluster: &str) -> bool {
+        self.inner.agents.contains_key(cluster)
+    }
+
+    /// How many agents have an open stream.
+    pub fn connected_count(&self) -> usize {
+        self.inner.agents.len()
+    }
+
+    /// What the cluster's agent last acknowledged for a delivery.
+    pub fn ack(&self, cluster: &str, delivery: &str) -> Option<AckRecord> {
+        self.inner
+            .acks
+            .get(&(cluster.to_owned(), delivery.to_owned()))
+            .map(|a| a.clone())
+    }
+
+    /// Waits until the agent acknowledged `sequence` or newer for the delivery, or `timeout`.
+    pub async fn wait_for_ack(
+        &self,
+        cluster: &str,
+        delivery: &str,
+        sequence: u64,
+        timeout: Duration,
+    ) -> Option<AckRecord> {
+        let deadline = tokio::time::Instant::now() + timeout;
+        loop {
+            let changed = self.inner.ack_changed.notified();
+            tokio::pin!(changed);
+            changed.as_mut().enable();
+            if let Some(a) = self
+                .ack(cluster, delivery)
+                .filter(|a| a.sequence >= sequence)
+            {
+                return Some(a);
+            }
+            if tokio::time::timeout_at(deadline, changed).await.is_err() {
+                return None;
+            }
+        }
+    }
+
+    /// Serves registration on `registration` (TLS, server authenticated) and registration plus
+    /// delivery on `delivery` (mTLS) until `shutdown` resolves.
+    pub async fn serve(
+        &self,
+        registration: TcpListener,
+        delivery: TcpListener,
+        shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+    ) -> Result<()> {
+        let identity = Identity::from_pem(
+            &self.inner.server_identity.cert_pem,
+            &self.inner.server_identity.key_pem,
+        );
+        let ca = Certificate::from_pem(self.inner.ca.cert_pem());
+        let stop = tokio_util::sync::CancellationToken::new();
+        let watcher = self.spawn_revocation_watcher(stop.clone());
+
+        let reg_tls = ServerTlsConfig::new().identity(identity.clone());
+        let mtls = ServerTlsConfig::new().identity(identity).client_ca_root(ca);
+        let registration_svc = || {
+            pb::registration_server::RegistrationServer::new(registration::Service {
+                hub: self.clone(),
+            })
+            .accept_compressed(CompressionEncoding::Zstd)
+            .accept_compressed(CompressionEncoding::Gzip)
+        };
+        let delivery_svc =
+            pb::delivery_server::DeliveryServer::new(stream::Service { hub: self.clone() })
+                .accept_compressed(CompressionEncoding::Zstd)
+                .accept_compressed(CompressionEncoding::Gzip)
+                .send_compressed(CompressionEncoding::Zstd);
+
+        let reg_server = Server::builder()
+            .tls_config(reg_tls)
+            .map_err(|source| Error::Serve {
+                listener: "registration",
+                source,
+            })?
+            .add_service(registration_svc())
+            .serve_with_incoming_shutdown(
+                TcpListenerStream::new(registration),
+                stop.clone().cancelled_owned(),
+            );
+        let mtls_server = Server::builder()
+            .tls_config(mtls)
+            .map_err(|source| Error::Serve {
+                listener: "delivery",
+                source,
+            })?
+            .http2_keepalive_interval(Some(Duration::from_secs(30)))
+            .add_service(registration_svc())
+            .add_service(delivery_svc)
+            .serve_with_incoming_shutdown(
+                TcpListenerStream::new(delivery),
+                stop.clone().cancelled_owned(),
+            );
+        let closer = self.clone();
+        let stopper = stop.clone();
+        tokio::spawn(async move {
+            shutdown.await;
+            // Streams are long-lived: end them so the servers can finish.
+            closer.close_all("hub shutting down");
+            stopper.cancel();
+        });
+        let (a, b) = tokio::join!(reg_server, mtls_server);
+        watcher.abort();
+        a.map_err(|source| Error::Serve {
+            listener: "registration",
+            source,
+        })?;
+        b.map_err(|source| Error::Serve {
+            listener: "delivery",
+            source,
+        })
+    }
+
+    fn close_all(&self, reason: &'static str) {
+        for conn in self.inner.agents.iter() {
+            conn.close(tonic::Status::unavailable(reason));
+        }
+    }
+
+    fn spawn_revocation_watcher(
+        &self,
+        stop: tokio_util::sync::CancellationToken,
+    ) -> tokio::task::JoinHandle<()> {
+        let mut events = self.inner.registry.subscribe();
+        let hub = self.clone();
+        tokio::spawn(async move {
+            loop {
+                let event = tokio::select! {
+                    _ = stop.cancelled() => return,
+                    e = events.recv() => e,
+                };
+                match event {
+                    Ok(Event::Revoked(cluster)) => {
+                        if let Some((_, conn)) = hub.inner.agents.remove(&cluster) {
+                            warn!(cluster = %cluster, "cluster revoked, closing its stream");
+                            conn.close(tonic::Status::permission_denied(format!(
+                                "cluster {cluster} is revoked"
+                            )));
+                        }
+                    }
+                    Err(tokio::sync::broadcast::error::RecvError::Lagged(n)) => {
+                        // Missed events: re-check every connected cluster against the registry.
+                        warn!(
+                            missed = n,
+                            "registry events lagged, re-checking connections"
+                        );
+                        let ids: Vec<String> =
+                            hub.inner.agents.iter().map(|c| c.key().clone()).collect();
+                        for id in ids {
+                            if hub.inner.registry.state(&id).await != Some(ClusterState::Accepted)
+                                && let Some((_, conn)) = hub.inner.agents.remove(&id)
+                            {
+                                conn.close(tonic::Status::permission_denied(format!(
+                                    "cluster {id} is not accepted"
+                                )));
+                            }
+                        }
+                    }
+                    Err(tokio::sync::broadcast::error::RecvError::Closed) => return,
+                }
+            }
+        })
+    }
+}

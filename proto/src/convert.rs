@@ -1,0 +1,293 @@
+//! Conversions between the wire types and `flotilla-bundle`'s, and the chunking of bundles.
+
+use bytes::{Bytes, BytesMut};
+use flotilla_bundle::{
+    BundleMeta, Digest, Header, KeyId, KeySet, PublicKey, Signature, SignedBundle, SignedKeySet,
+};
+
+use crate::pb;
+
+/// The largest chunk of bundle payload sent in one gRPC message.
+pub const DEFAULT_CHUNK_SIZE: usize = 1024 * 1024;
+
+/// The largest bundle payload an agent accepts; larger ones are refused before buffering.
+pub const MAX_PAYLOAD_SIZE: u64 = 512 * 1024 * 1024;
+
+/// Errors turning wire messages into bundles and key sets.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// A required field is absent.
+    #[error("{message} has no {field}")]
+    Missing {
+        /// The message type.
+        message: &'static str,
+        /// The field.
+        field: &'static str,
+    },
+    /// A field has the wrong length or form.
+    #[error("malformed {field}")]
+    Malformed {
+        /// The field.
+        field: &'static str,
+        /// Why.
+        #[source]
+        source: Option<flotilla_bundle::Error>,
+    },
+    /// Chunks arrived out of order, or a new bundle started before the last one ended.
+    #[error("bundle chunk {index} of {count} out of order (expected {expected})")]
+    ChunkOrder {
+        /// The chunk index received.
+        index: u32,
+        /// The chunk count it announced.
+        count: u32,
+        /// The index that was expected.
+        expected: u32,
+    },
+    /// The chunks do not add up to the announced size, or that size is too large.
+    #[error("bundle payload of {got} bytes, announced {announced}")]
+    Size {
+        /// Bytes received (or announced, if too large).
+        got: u64,
+        /// Size the header announced.
+        announced: u64,
+    },
+}
+
+fn signature_to_pb(s: &Signature) -> pb::Signature {
+    pb::Signature {
+        key_id: s.key_id.0.clone(),
+        signature: Bytes::copy_from_slice(&s.bytes),
+    }
+}
+
+fn signature_from_pb(s: Option<pb::Signature>, message: &'static str) -> Result<Signature, Error> {
+    let s = s.ok_or(Error::Missing {
+        message,
+        field: "signature",
+    })?;
+    let bytes: [u8; 64] = s
+        .signature
+        .as_ref()
+        .try_into()
+        .map_err(|_| Error::Malformed {
+            field: "signature",
+            source: None,
+        })?;
+    Ok(Signature {
+        key_id: KeyId(s.key_id),
+        bytes,
+    })
+}
+
+/// A signed key set as sent on the wire.
+pub fn key_set_to_pb(set: &SignedKeySet) -> pb::KeySet {
+    pb::KeySet {
+        sequence: set.key_set.sequence,
+        keys: set
+            .key_set
+            .keys
+            .iter()
+            .map(|k| pb::PublicKey {
+                key_id: k.id().0.clone(),
+                key: Bytes::copy_from_slice(&k.to_bytes()),
+            })
+            .collect(),
+        signature: Some(signature_to_pb(&set.signature)),
+    }
+}
+
+/// A signed key set from the wire (its signature is not checked here).
+pub fn key_set_from_pb(set: pb::KeySet) -> Result<SignedKeySet, Error> {
+    let keys = set
+        .keys
+        .iter()
+        .map(|k| {
+            PublicKey::from_bytes(&k.key).map_err(|e| Error::Malformed {
+                field: "public key",
+                source: Some(e),
+            })
+        })
+        .collect::<Result<_, _>>()?;
+    Ok(SignedKeySet {
+        key_set: KeySet {
+            sequence: set.sequence,
+            keys,
+        },
+        signature: signature_from_pb(set.signature, "KeySet")?,
+    })
+}
+
+/// Splits a bundle into chunks of at most `chunk_size` payload bytes (at least one chunk, the
+/// first carrying the header). The payload is sliced, not copied.
+pub fn bundle_to_chunks(bundle: &SignedBundle, chunk_size: usize) -> Vec<pb::BundleChunk> {
+    let chunk_size = chunk_size.max(1);
+    let m = &bundle.header.meta;
+    let header = pb::BundleHeader {
+        cluster_id: m.cluster.clone(),
+        delivery: m.delivery.clone(),
+        revision: m.revision.clone(),
+        sequence: m.sequence,
+        expires_at_unix: m.expires_at,
+        digest: Bytes::copy_from_slice(&bundle.header.digest.0),
+        signature: Some(signature_to_pb(&bundle.signature)),
+        payload_size: bundle.payload.len() as u64,
+    };
+    let len = bundle.payload.len();
+    let count = len.div_ceil(chunk_size).max(1);
+    (0..count)
+        .map(|i| {
+            let start = i * chunk_size;
+            let end = (start + chunk_size).min(len);
+            pb::BundleChunk {
+                header: (i == 0).then(|| header.clone()),
+                index: i as u32,
+                count: count as u32,
+                data: bundle.payload.slice(start..end),
+            }
+        })
+        .collect()
+}
+
+/// Reassembles a bundle from chunks sent back to back.
+#[derive(Debug, Default)]
+pub struct Reassembler {
+    partial: Option<(pb::BundleHeader, u32, BytesMut)>,
+}
+
+impl Reassembler {
+    /// Feeds one chunk; returns the bundle when it was the last. Any error drops the partial
+    /// bundle.
+    pub fn push(&mut self, chunk: pb::BundleChunk) -> Result<Option<SignedBundle>, Error> {
+        let result = self.push_inner(chunk);
+        if result.is_err() {
+            self.partial = None;
+        }
+        result
+    }
+
+    fn push_inner(&mut self, chunk: pb::BundleChunk) -> Result<Option<SignedBundle>, Error> {
+        let expected = self.partial.as_ref().map_or(0, |p| p.1);
+        if chunk.index != expected || chunk.index >= chunk.count {
+            return Err(Error::ChunkOrder {
+                index: chunk.index,
+                count: chunk.count,
+                expected,
+            });
+        }
+        if chunk.index == 0 {
+            let header = chunk.header.ok_or(Error::Missing {
+                message: "first BundleChunk",
+                field: "header",
+            })?;
+            if header.payload_size > MAX_PAYLOAD_SIZE {
+                return Err(Error::Size {
+                    got: header.payload_size,
+                    announced: header.payload_size,
+                });
+            }
+            let buf = BytesMut::with_capacity(header.payload_size as usize);
+            self.partial = Some((header, 0, buf));
+        }
+        let (header, next, buf) = self.partial.as_mut().expect("set above");
+        buf.extend_from_slice(&chunk.data);
+        *next += 1;
+        if buf.len() as u64 > header.payload_size {
+            return Err(Error::Size {
+                got: buf.len() as u64,
+                announced: header.payload_size,
+            });
+        }
+        if chunk.index + 1 < chunk.count {
+            return Ok(None);
+        }
+        let (header, _, buf) = self.partial.take().expect("set above");
+        if buf.len() as u64 != header.payload_size {
+            return Err(Error::Size {
+                got: buf.len() as u64,
+                announced: header.payload_size,
+            });
+        }
+        let digest = Digest::from_slice(&header.digest).ok_or(Error::Malformed {
+            field: "digest",
+            source: None,
+        })?;
+        Ok(Some(SignedBundle {
+            header: Header {
+                meta: BundleMeta {
+                    cluster: header.cluster_id,
+                    delivery: header.delivery,
+                    revision: header.revision,
+                    sequence: header.sequence,
+                    expires_at: header.expires_at_unix,
+                },
+                digest,
+            },
+            signature: signature_from_pb(header.signature, "BundleHeader")?,
+            payload: buf.freeze(),
+        }))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use flotilla_bundle::SigningKey;
+
+    use super::*;
+
+    fn bundle(len: usize) -> SignedBundle {
+        let key = SigningKey::from_seed([1; 32]);
+        key.seal(
+            BundleMeta {
+                cluster: "c".into(),
+                delivery: "d".into(),
+                revision: "r".into(),
+                sequence: 1,
+                expires_at: 10,
+            },
+            Bytes::from(vec![b'x'; len]),
+        )
+    }
+
+    #[test]
+    fn chunks_round_trip_at_every_size() {
+        for len in [0, 1, 9, 10, 11, 95] {
+            let b = bundle(len);
+            let chunks = bundle_to_chunks(&b, 10);
+            assert_eq!(chunks.len(), len.div_ceil(10).max(1));
+            let mut r = Reassembler::default();
+            let mut out = None;
+            for c in chunks {
+                assert!(out.is_none());
+                out = r.push(c).unwrap();
+            }
+            assert_eq!(out.unwrap(), b);
+        }
+    }
+
+    #[test]
+    fn out_of_order_and_short_chunks_are_refused() {
+        let b = bundle(30);
+        let mut chunks = bundle_to_chunks(&b, 10);
+        let mut r = Reassembler::default();
+        assert!(matches!(
+            r.push(chunks.remove(1)),
+            Err(Error::ChunkOrder { .. })
+        ));
+        let mut chunks = bundle_to_chunks(&b, 10);
+        chunks[2].data = Bytes::from_static(b"y");
+        let mut r = Reassembler::default();
+        r.push(chunks.remove(0)).unwrap();
+        r.push(chunks.remove(0)).unwrap();
+        assert!(matches!(r.push(chunks.remove(0)), Err(Error::Size { .. })));
+    }
+
+    #[test]
+    fn key_set_round_trips() {
+        let key = SigningKey::from_seed([2; 32]);
+        let set = key.sign_key_set(KeySet {
+            sequence: 3,
+            keys: vec![key.public_key()],
+        });
+        assert_eq!(key_set_from_pb(key_set_to_pb(&set)).unwrap(), set);
+    }
+}
