@@ -193,7 +193,8 @@ fn exact_commit_is_fetched_and_unknown_commits_are_named() {
     let err = cache.fetch(&unknown).unwrap_err();
     assert!(matches!(err, Error::Fetch { .. }), "{err}");
     assert!(
-        err.to_string().starts_with(&format!("fetching {}: ", up.path_url())),
+        err.to_string()
+            .starts_with(&format!("fetching {}: ", up.path_url())),
         "{err}"
     );
     let short = GitSource::new("c", up.path_url(), GitRef::Commit("abc123".into()));
