@@ -1,9 +1,11 @@
 //! Reading files for one render: limits on count and size, and a cache of parsed YAML so a
-//! base shared by many overlays is read and parsed once per render.
+//! base shared by many overlays is read and parsed once per render — and, since parsing is
+//! a pure function of the text, parsed once per process while its text stays the same.
 
 use std::cell::{Cell, RefCell};
 use std::collections::HashMap;
 use std::rc::Rc;
+use std::sync::{Arc, Mutex, OnceLock, PoisonError};
 
 use crate::yaml::{self, Doc};
 use crate::{Error, Options, RelPath, Tree, TreeError};
@@ -16,7 +18,47 @@ pub(crate) struct Source<'a> {
     pub opts: &'a Options,
     files_read: Cell<usize>,
     texts: RefCell<HashMap<RelPath, Rc<str>>>,
-    docs: RefCell<HashMap<RelPath, Rc<Vec<Doc>>>>,
+    docs: RefCell<HashMap<RelPath, Arc<Vec<Doc>>>>,
+}
+
+/// Parsed documents by file text, shared by all renders of the process.
+struct ParseCache {
+    bytes: usize,
+    map: HashMap<Arc<str>, Arc<Vec<Doc>>>,
+}
+
+/// Past this much cached text the cache starts over (bounds memory on huge repositories).
+const PARSE_CACHE_BYTES: usize = 64 * 1024 * 1024;
+
+fn parse_cache() -> &'static Mutex<ParseCache> {
+    static CACHE: OnceLock<Mutex<ParseCache>> = OnceLock::new();
+    CACHE.get_or_init(|| {
+        Mutex::new(ParseCache {
+            bytes: 0,
+            map: HashMap::new(),
+        })
+    })
+}
+
+/// Parses `text`, or returns the documents of an identical text parsed before.
+fn parse_cached(text: &str) -> Result<Arc<Vec<Doc>>, yaml::YamlError> {
+    if let Some(d) = parse_cache()
+        .lock()
+        .unwrap_or_else(PoisonError::into_inner)
+        .map
+        .get(text)
+    {
+        return Ok(d.clone());
+    }
+    let docs = Arc::new(yaml::parse_stream(text)?);
+    let mut cache = parse_cache().lock().unwrap_or_else(PoisonError::into_inner);
+    if cache.bytes + text.len() > PARSE_CACHE_BYTES {
+        cache.map.clear();
+        cache.bytes = 0;
+    }
+    cache.bytes += text.len();
+    cache.map.insert(Arc::from(text), docs.clone());
+    Ok(docs)
 }
 
 impl<'a> Source<'a> {
@@ -69,16 +111,16 @@ impl<'a> Source<'a> {
     }
 
     /// A file's YAML documents, parsed once per render.
-    pub fn docs(&self, path: &RelPath) -> Result<Rc<Vec<Doc>>, Error> {
+    pub fn docs(&self, path: &RelPath) -> Result<Arc<Vec<Doc>>, Error> {
         if let Some(d) = self.docs.borrow().get(path) {
             return Ok(d.clone());
         }
         let text = self.read_text(path)?;
-        let docs = Rc::new(yaml::parse_stream(&text).map_err(|e| Error::Yaml {
+        let docs = parse_cached(&text).map_err(|e| Error::Yaml {
             file: path.clone(),
             line: e.line,
             message: e.message,
-        })?);
+        })?;
         self.docs.borrow_mut().insert(path.clone(), docs.clone());
         Ok(docs)
     }

@@ -175,6 +175,9 @@ pub trait Tree: Send + Sync {
 #[derive(Debug, Clone)]
 pub struct FsTree {
     root: PathBuf,
+    /// Canonical paths of directories already resolved (and checked to be inside the root),
+    /// so that reading a file costs one `lstat` rather than a `readlink` per component.
+    dirs: std::sync::Arc<std::sync::Mutex<std::collections::HashMap<RelPath, PathBuf>>>,
 }
 
 impl FsTree {
@@ -182,6 +185,7 @@ impl FsTree {
     pub fn new(root: impl AsRef<Path>) -> std::io::Result<Self> {
         Ok(Self {
             root: std::fs::canonicalize(root)?,
+            dirs: Default::default(),
         })
     }
 
@@ -192,6 +196,11 @@ impl FsTree {
 
     /// Maps `path` to disk, refusing any symlink on the way that resolves outside the root.
     fn resolve(&self, path: &RelPath) -> Result<Option<PathBuf>, TreeError> {
+        Ok(self.resolve_meta(path)?.map(|(p, _)| p))
+    }
+
+    /// Canonicalises `path` (checking it stays inside the root); `None` if it does not exist.
+    fn canonical(&self, path: &RelPath) -> Result<Option<PathBuf>, TreeError> {
         let full = self.root.join(path.as_str());
         match std::fs::canonicalize(&full) {
             Ok(real) => {
@@ -208,17 +217,67 @@ impl FsTree {
             }),
         }
     }
+
+    /// The canonical directory `dir`, cached.
+    fn canonical_dir(&self, dir: &RelPath) -> Result<Option<PathBuf>, TreeError> {
+        let cached = self
+            .dirs
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .get(dir)
+            .cloned();
+        if cached.is_some() {
+            return Ok(cached);
+        }
+        let real = self.canonical(dir)?;
+        if let Some(r) = &real {
+            self.dirs
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner)
+                .insert(dir.clone(), r.clone());
+        }
+        Ok(real)
+    }
+
+    /// Resolves `path` and reads the metadata of what it names (following a symlink that
+    /// stays inside the root).
+    fn resolve_meta(
+        &self,
+        path: &RelPath,
+    ) -> Result<Option<(PathBuf, std::fs::Metadata)>, TreeError> {
+        let io = |source| TreeError::Io {
+            path: path.clone(),
+            source,
+        };
+        let Some(parent) = path.parent() else {
+            let meta = std::fs::metadata(&self.root).map_err(io)?;
+            return Ok(Some((self.root.clone(), meta)));
+        };
+        let Some(dir) = self.canonical_dir(&parent)? else {
+            return Ok(None);
+        };
+        let full = dir.join(path.file_name());
+        let meta = match std::fs::symlink_metadata(&full) {
+            Ok(m) => m,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+            Err(e) => return Err(io(e)),
+        };
+        if !meta.file_type().is_symlink() {
+            return Ok(Some((full, meta)));
+        }
+        let Some(real) = self.canonical(path)? else {
+            return Ok(None);
+        };
+        let meta = std::fs::metadata(&real).map_err(io)?;
+        Ok(Some((real, meta)))
+    }
 }
 
 impl Tree for FsTree {
     fn kind(&self, path: &RelPath) -> Result<Option<EntryKind>, TreeError> {
-        let Some(real) = self.resolve(path)? else {
+        let Some((_, meta)) = self.resolve_meta(path)? else {
             return Ok(None);
         };
-        let meta = std::fs::metadata(&real).map_err(|source| TreeError::Io {
-            path: path.clone(),
-            source,
-        })?;
         Ok(Some(if meta.is_dir() {
             EntryKind::Dir
         } else {

@@ -213,6 +213,11 @@ fn check_number(v: Value) -> Result<Value, String> {
     Ok(v)
 }
 
+/// Reads `text` as a plain YAML scalar would be read (number, bool, null or string).
+pub(crate) fn parse_scalar(text: &str) -> Value {
+    resolve_plain(text)
+}
+
 /// Resolution of an untagged plain scalar (YAML 1.2 core schema plus yaml.v3's extras: 1.1-style
 /// octals like `0777`, `_` separators in numbers).
 fn resolve_plain(text: &str) -> Value {
@@ -819,6 +824,17 @@ enum Style {
 
 /// Writes a string scalar at column `col`; `indent` is the indentation of continuation lines.
 fn emit_string(out: &mut String, s: &str, col: usize, is_key: bool, indent: usize) {
+    // Fast path: a word of safe characters is always written plain.
+    let b = s.as_bytes();
+    if !b.is_empty()
+        && b.iter()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, b'.' | b'_' | b'/' | b'-'))
+        && b[0].is_ascii_alphabetic()
+        && !resolves_to_non_string(s)
+    {
+        out.push_str(s);
+        return;
+    }
     let mut style = if s.contains('\n') {
         Style::Literal
     } else {

@@ -22,6 +22,8 @@ pub(crate) struct FieldSpec {
     pub path: String,
     /// Whether missing fields along the path are created.
     pub create: bool,
+    /// `path`, split.
+    pub parts: Vec<String>,
 }
 
 impl FieldSpec {
@@ -48,15 +50,38 @@ pub(crate) fn table(rows: &str) -> Vec<FieldSpec> {
                     s.to_string()
                 }
             };
-            FieldSpec {
-                kind: f(0),
-                group: f(1),
-                version: f(2),
-                path: f(3),
-                create: cols.get(4) == Some(&"create"),
-            }
+            FieldSpec::new(f(0), f(1), f(2), f(3), cols.get(4) == Some(&"create"))
         })
         .collect()
+}
+
+impl FieldSpec {
+    /// A field spec; the path is split once here.
+    pub fn new(kind: String, group: String, version: String, path: String, create: bool) -> Self {
+        let parts = split_path(&path);
+        Self {
+            group,
+            version,
+            kind,
+            path,
+            create,
+            parts,
+        }
+    }
+}
+
+/// [`table`], parsed once per process.
+pub(crate) fn cached(rows: &'static str) -> &'static [FieldSpec] {
+    use std::collections::HashMap;
+    use std::sync::{Mutex, OnceLock};
+    static TABLES: OnceLock<Mutex<HashMap<usize, &'static [FieldSpec]>>> = OnceLock::new();
+    let mut tables = TABLES
+        .get_or_init(Default::default)
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner);
+    tables
+        .entry(rows.as_ptr() as usize)
+        .or_insert_with(|| Box::leak(table(rows).into_boxed_slice()))
 }
 
 /// Metadata labels of objects and of the pod (and claim) templates inside workloads.
@@ -126,6 +151,16 @@ ReplicationController - - spec/replicas create
 ReplicaSet - - spec/replicas create
 StatefulSet - - spec/replicas create
 ";
+
+/// Where `commonLabels` go: selectors and metadata.
+pub(crate) fn common_labels() -> &'static [FieldSpec] {
+    static SPECS: std::sync::OnceLock<Vec<FieldSpec>> = std::sync::OnceLock::new();
+    SPECS.get_or_init(|| {
+        let mut v = table(SELECTOR_LABELS);
+        v.extend(table(METADATA_LABELS));
+        v
+    })
+}
 
 /// Kinds Kubernetes knows as cluster-scoped (the rest, custom kinds included, are namespaced).
 pub(crate) fn is_cluster_scoped(gvk: &Gvk) -> bool {
@@ -217,8 +252,7 @@ pub(crate) fn walk(
     leaf: Leaf,
     set: &mut dyn FnMut(&mut Value) -> Result<(), WalkError>,
 ) -> Result<(), WalkError> {
-    let mut ptr = String::new();
-    walk_at(obj, path, create, leaf, &mut ptr, &mut |v, _| set(v))
+    walk_at(obj, path, create, leaf, None, &mut |v, _| set(v))
 }
 
 /// Like [`walk`], also giving `set` the JSON pointer of each node it visits.
@@ -230,12 +264,16 @@ pub(crate) fn walk_with_pointer(
     set: &mut dyn FnMut(&mut Value, &str) -> Result<(), WalkError>,
 ) -> Result<(), WalkError> {
     let mut ptr = String::new();
-    walk_at(obj, path, create, leaf, &mut ptr, set)
+    walk_at(obj, path, create, leaf, Some(&mut ptr), set)
 }
 
 /// Escapes one JSON-pointer segment.
-pub(crate) fn pointer_segment(s: &str) -> String {
-    s.replace('~', "~0").replace('/', "~1")
+pub(crate) fn pointer_segment(s: &str) -> std::borrow::Cow<'_, str> {
+    if s.contains(['~', '/']) {
+        s.replace('~', "~0").replace('/', "~1").into()
+    } else {
+        s.into()
+    }
 }
 
 fn walk_at(
@@ -243,21 +281,25 @@ fn walk_at(
     path: &[String],
     create: bool,
     leaf: Leaf,
-    ptr: &mut String,
+    mut ptr: Option<&mut String>,
     set: &mut dyn FnMut(&mut Value, &str) -> Result<(), WalkError>,
 ) -> Result<(), WalkError> {
     if path.is_empty() {
-        return set(obj, ptr);
+        return set(obj, ptr.as_deref().map_or("", |p| p.as_str()));
     }
-    let len = ptr.len();
+    let len = ptr.as_ref().map_or(0, |p| p.len());
     match obj {
         Value::Null => Ok(()),
         Value::Array(items) => {
             for (i, item) in items.iter_mut().enumerate() {
-                ptr.push('/');
-                ptr.push_str(&i.to_string());
-                let r = walk_at(item, path, create, leaf, ptr, set);
-                ptr.truncate(len);
+                if let Some(p) = ptr.as_deref_mut() {
+                    p.push('/');
+                    p.push_str(&i.to_string());
+                }
+                let r = walk_at(item, path, create, leaf, ptr.as_deref_mut(), set);
+                if let Some(p) = ptr.as_deref_mut() {
+                    p.truncate(len);
+                }
                 r?;
             }
             Ok(())
@@ -269,29 +311,32 @@ fn walk_at(
             };
             let last = path.len() == 1;
             let create_here = create && !is_seq && !(last && leaf == Leaf::None);
-            ptr.push('/');
-            ptr.push_str(&pointer_segment(name));
-            let r = if !map.contains_key(name) || map.get(name) == Some(&Value::Null) {
-                if !create_here {
-                    match map.get_mut(name) {
-                        Some(v) => walk_at(v, &path[1..], create, leaf, ptr, set),
-                        None => Ok(()),
-                    }
-                } else {
-                    let fresh = if last && leaf == Leaf::Scalar {
-                        Value::Null
-                    } else {
-                        Value::Object(Map::new())
-                    };
-                    map.insert(name.to_string(), fresh);
-                    let child = map.get_mut(name).expect("inserted above");
-                    walk_at(child, &path[1..], create, leaf, ptr, set)
-                }
-            } else {
-                let child = map.get_mut(name).expect("checked above");
-                walk_at(child, &path[1..], create, leaf, ptr, set)
+            if let Some(p) = ptr.as_deref_mut() {
+                p.push('/');
+                p.push_str(&pointer_segment(name));
+            }
+            let missing = match map.get(name) {
+                None | Some(Value::Null) => true,
+                Some(_) => false,
             };
-            ptr.truncate(len);
+            let r = if missing && create_here {
+                let fresh = if last && leaf == Leaf::Scalar {
+                    Value::Null
+                } else {
+                    Value::Object(Map::new())
+                };
+                map.insert(name.to_string(), fresh);
+                let child = map.get_mut(name).expect("inserted above");
+                walk_at(child, &path[1..], create, leaf, ptr.as_deref_mut(), set)
+            } else {
+                match map.get_mut(name) {
+                    Some(v) => walk_at(v, &path[1..], create, leaf, ptr.as_deref_mut(), set),
+                    None => Ok(()),
+                }
+            };
+            if let Some(p) = ptr {
+                p.truncate(len);
+            }
             r
         }
         _ => Err(WalkError {

@@ -11,9 +11,12 @@ mod generators;
 mod nameref;
 mod order;
 mod patches;
+mod replacements;
 mod resource;
 mod transform;
 mod types;
+
+use std::collections::HashMap;
 
 use serde_json::Value;
 
@@ -89,6 +92,28 @@ pub(crate) fn build(src: &Source<'_>, dir: &RelPath) -> Result<Vec<Value>, Error
             r.obj
         })
         .collect())
+}
+
+/// Compiles `pattern`, reusing an earlier compilation (patch targets and image names repeat
+/// across overlays).
+pub(crate) fn regex(pattern: &str) -> Result<regex::Regex, regex::Error> {
+    use std::sync::{Mutex, OnceLock, PoisonError};
+    static CACHE: OnceLock<Mutex<HashMap<String, regex::Regex>>> = OnceLock::new();
+    let cache = CACHE.get_or_init(Default::default);
+    if let Some(r) = cache
+        .lock()
+        .unwrap_or_else(PoisonError::into_inner)
+        .get(pattern)
+    {
+        return Ok(r.clone());
+    }
+    let r = regex::Regex::new(pattern)?;
+    let mut c = cache.lock().unwrap_or_else(PoisonError::into_inner);
+    if c.len() > 4096 {
+        c.clear();
+    }
+    c.insert(pattern.to_string(), r.clone());
+    Ok(r)
 }
 
 /// The state of one build: the source and the chain of kustomizations being built (for cycle
@@ -237,6 +262,11 @@ impl Builder<'_, '_> {
                 limit: self.src.opts.max_depth,
             });
         }
+        let mut ids: HashMap<String, usize> = ra
+            .iter()
+            .enumerate()
+            .map(|(i, r)| (r.cur_id().key(), i))
+            .collect();
         for entry in k.resources.iter().chain(&k.bases) {
             let path = self.entry_path(file, dir, "resource", entry)?;
             match self.src.tree.kind(&path) {
@@ -250,7 +280,7 @@ impl Builder<'_, '_> {
                         check_object(&path, &obj)?;
                         let mut r = Resource::new(obj, path.clone());
                         r.normalize_annotations();
-                        append(ra, r, file)?;
+                        append(ra, &mut ids, r, file)?;
                     }
                 }
                 Ok(Some(EntryKind::Dir)) => {
@@ -267,7 +297,7 @@ impl Builder<'_, '_> {
                     self.accumulate(&path, &sub_file, &sub, &mut sub_ra)?;
                     self.stack.pop();
                     for r in sub_ra {
-                        append(ra, r, file)?;
+                        append(ra, &mut ids, r, file)?;
                     }
                 }
                 Ok(None) => {
@@ -330,6 +360,10 @@ impl Builder<'_, '_> {
         patches::json6902_list(self.src, dir, file, k, ra)?;
         transform::replicas(file, k, ra)?;
         transform::images(file, k, ra)?;
+        if !k.replacements.is_empty() {
+            let reps = replacements::load(self.src, dir, file, &k.replacements)?;
+            replacements::apply(file, &reps, ra)?;
+        }
         Ok(())
     }
 
@@ -386,9 +420,15 @@ fn check_object(file: &RelPath, obj: &Value) -> Result<(), Error> {
 }
 
 /// Adds a resource, refusing a second one with the same identity.
-fn append(ra: &mut Vec<Resource>, r: Resource, file: &RelPath) -> Result<(), Error> {
-    let id = r.cur_id();
-    if let Some(other) = ra.iter().find(|o| o.cur_id().equals(&id)) {
+fn append(
+    ra: &mut Vec<Resource>,
+    ids: &mut HashMap<String, usize>,
+    r: Resource,
+    file: &RelPath,
+) -> Result<(), Error> {
+    let key = r.cur_id().key();
+    if let Some(&i) = ids.get(&key) {
+        let other = &ra[i];
         return Err(Error::Conflict {
             file: file.clone(),
             message: format!(
@@ -399,6 +439,7 @@ fn append(ra: &mut Vec<Resource>, r: Resource, file: &RelPath) -> Result<(), Err
             ),
         });
     }
+    ids.insert(key, ra.len());
     ra.push(r);
     Ok(())
 }

@@ -10,7 +10,7 @@ use std::sync::OnceLock;
 
 use serde_json::Value;
 
-use super::fieldspec::{FieldSpec, Leaf, WalkError, is_cluster_scoped, split_path, walk};
+use super::fieldspec::{FieldSpec, Leaf, WalkError, is_cluster_scoped, walk};
 use super::resource::{Gvk, ResId, Resource, str_at};
 
 /// For each referenced type, the fields (by referrer type) that hold its name.
@@ -204,7 +204,8 @@ const BACK_REFERENCES: &str = r"
 
 struct BackRef {
     target: Gvk,
-    referrers: Vec<(FieldSpec, Vec<String>)>,
+    /// Referrer type selector and field spec.
+    referrers: Vec<(Gvk, FieldSpec)>,
 }
 
 fn back_refs() -> &'static [BackRef] {
@@ -230,15 +231,19 @@ fn back_refs() -> &'static [BackRef] {
                     referrers: Vec::new(),
                 });
             } else if let Some(last) = out.last_mut() {
-                let spec = FieldSpec {
-                    kind: dash(cols[0]),
-                    group: dash(cols[1]),
-                    version: dash(cols[2]),
-                    path: cols[3].to_string(),
-                    create: false,
+                let spec = FieldSpec::new(
+                    dash(cols[0]),
+                    dash(cols[1]),
+                    dash(cols[2]),
+                    cols[3].to_string(),
+                    false,
+                );
+                let sel = Gvk {
+                    group: spec.group.clone(),
+                    version: spec.version.clone(),
+                    kind: spec.kind.clone(),
                 };
-                let path = split_path(&spec.path);
-                last.referrers.push((spec, path));
+                last.referrers.push((sel, spec));
             }
         }
         out
@@ -463,14 +468,11 @@ pub(crate) fn fix(ra: &mut [Resource]) -> Result<(), String> {
                 .collect()
         };
         for br in back_refs() {
-            for (spec, path) in &br.referrers {
-                if !org.gvk.is_selected(&Gvk {
-                    group: spec.group.clone(),
-                    version: spec.version.clone(),
-                    kind: spec.kind.clone(),
-                }) {
+            for (sel, spec) in &br.referrers {
+                if !org.gvk.is_selected(sel) {
                     continue;
                 }
+                let path = &spec.parts;
                 let role_ref = if spec.path.ends_with("roleRef/name") {
                     let rr = ra[ri].obj.get("roleRef");
                     match (

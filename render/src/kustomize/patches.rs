@@ -55,7 +55,7 @@ fn load_patch_file(
     dir: &RelPath,
     file: &RelPath,
     entry: &str,
-) -> Result<(RelPath, std::rc::Rc<Vec<Doc>>), Error> {
+) -> Result<(RelPath, std::sync::Arc<Vec<Doc>>), Error> {
     let path = dir.join(entry).map_err(|_| Error::OutsideRoot {
         file: file.clone(),
         what: "patch",
@@ -83,11 +83,6 @@ fn parse_inline(file: &RelPath, text: &str) -> Result<Vec<Doc>, Error> {
     })
 }
 
-/// Whether `entry` of `patchesStrategicMerge` is a file (else it is inline YAML).
-fn looks_like_path(entry: &str) -> bool {
-    !entry.contains('\n') && !entry.trim_start().starts_with('{') && !entry.contains(": ")
-}
-
 /// `patchesStrategicMerge:` — each document patches the object with its identity.
 pub(crate) fn strategic_merge_list(
     src: &Source<'_>,
@@ -97,13 +92,34 @@ pub(crate) fn strategic_merge_list(
     ra: &mut Vec<Resource>,
 ) -> Result<(), Error> {
     for entry in &k.patches_strategic_merge {
-        let (origin, docs): (RelPath, Vec<Doc>) = if looks_like_path(entry) {
-            let (p, d) = load_patch_file(src, dir, file, entry)?;
+        // Like Kustomize: a single line naming an existing file is a path; anything else is
+        // inline YAML (and a single line that parses to no mapping is a missing file).
+        let as_file = !entry.contains('\n')
+            && dir
+                .join(entry.trim())
+                .ok()
+                .map(|p| src.tree.kind(&p))
+                .transpose()?
+                .flatten()
+                .is_some();
+        let (origin, docs): (RelPath, Vec<Doc>) = if as_file {
+            let (p, d) = load_patch_file(src, dir, file, entry.trim())?;
             (p, d.as_ref().clone())
         } else {
-            (file.clone(), parse_inline(file, entry)?)
+            let docs = parse_inline(file, entry);
+            match docs {
+                Ok(d) if d.iter().any(|d| d.value.is_object()) => (file.clone(), d),
+                _ if !entry.contains('\n') => {
+                    return Err(Error::Missing {
+                        file: file.clone(),
+                        what: "patch",
+                        entry: entry.clone(),
+                    });
+                }
+                other => (file.clone(), other?),
+            }
         };
-        let label = describe_source(looks_like_path(entry).then_some(entry.as_str()), entry);
+        let label = describe_source(as_file.then_some(entry.as_str()), entry);
         let mut any = false;
         for d in docs.iter().filter(|d| !d.value.is_null()) {
             any = true;
@@ -434,7 +450,7 @@ fn anchored(file: &RelPath, field: &str, pattern: &str) -> Result<Option<Regex>,
     if pattern.is_empty() {
         return Ok(None);
     }
-    Regex::new(&format!("^(?:{pattern})$"))
+    super::regex(&format!("^(?:{pattern})$"))
         .map(Some)
         .map_err(|e| Error::Invalid {
             file: file.clone(),
@@ -477,6 +493,26 @@ pub(crate) fn select(file: &RelPath, t: &Selector, ra: &[Resource]) -> Result<Ve
         out.push(i);
     }
     Ok(out)
+}
+
+/// Parsed label and annotation selectors.
+pub(crate) struct LabelSelectors {
+    labels: Vec<Req>,
+    annotations: Vec<Req>,
+}
+
+impl LabelSelectors {
+    pub(crate) fn new(file: &RelPath, labels: &str, annotations: &str) -> Result<Self, Error> {
+        Ok(Self {
+            labels: parse_selector(file, "labelSelector", labels)?,
+            annotations: parse_selector(file, "annotationSelector", annotations)?,
+        })
+    }
+
+    pub(crate) fn matches(&self, r: &Resource) -> bool {
+        matches_selector(&self.labels, &r.string_map("labels"))
+            && matches_selector(&self.annotations, &r.string_map("annotations"))
+    }
 }
 
 /// One requirement of a Kubernetes label selector.

@@ -84,6 +84,18 @@ impl ResId {
             && self.effective_namespace() == o.effective_namespace()
     }
 
+    /// A key equal for ids that [`ResId::equals`] considers equal.
+    pub fn key(&self) -> String {
+        format!(
+            "{}\u{0}{}\u{0}{}\u{0}{}\u{0}{}",
+            self.gvk.group,
+            self.gvk.version,
+            self.gvk.kind,
+            self.name,
+            self.effective_namespace()
+        )
+    }
+
     /// For error messages: `Kind.version.group/name.namespace`.
     pub fn display(&self) -> String {
         let ns = if self.namespace.is_empty() {

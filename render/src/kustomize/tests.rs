@@ -512,6 +512,89 @@ spec:
 }
 
 #[test]
+fn replacements_match_kubectl() {
+    let spec = r#"
+=== kustomization.yaml
+resources: [res.yaml]
+namePrefix: x-
+replacements:
+- source: {kind: ConfigMap, name: env, fieldPath: data.HOST}
+  targets:
+  - select: {kind: Deployment}
+    fieldPaths:
+    - spec.template.spec.containers.[name=app].env.[name=HOST].value
+    - spec.template.metadata.annotations.host
+    options: {create: true}
+- source: {kind: ConfigMap, name: env, fieldPath: data.REPLICAS}
+  targets:
+  - select: {kind: Deployment, name: app}
+    fieldPaths: [spec.replicas]
+- source:
+    kind: Deployment
+    fieldPath: spec.template.spec.containers.0.image
+    options: {delimiter: ":", index: 1}
+  targets:
+  - select: {kind: ConfigMap}
+    reject: [{name: other}]
+    fieldPaths: [data.VERSION]
+    options: {create: true}
+- path: more.yaml
+=== more.yaml
+- source: {kind: Service, name: web}
+  targets:
+  - select: {kind: Ingress}
+    fieldPaths: [spec.rules.*.http.paths.*.backend.service.name]
+=== res.yaml
+apiVersion: v1
+kind: ConfigMap
+metadata: {name: env}
+data: {HOST: app.example.com, REPLICAS: "3"}
+---
+apiVersion: v1
+kind: ConfigMap
+metadata: {name: other}
+data: {a: b}
+---
+apiVersion: v1
+kind: Service
+metadata: {name: web}
+---
+apiVersion: apps/v1
+kind: Deployment
+metadata: {name: app}
+spec:
+  replicas: 1
+  template:
+    spec:
+      containers:
+      - name: app
+        image: repo/app:1.2.3
+        env:
+        - {name: HOST, value: x}
+---
+apiVersion: networking.k8s.io/v1
+kind: Ingress
+metadata: {name: ing}
+spec:
+  rules:
+  - host: a.example.com
+    http:
+      paths:
+      - path: /
+        backend: {service: {name: svc, port: {number: 80}}}
+"#;
+    check(spec, ".");
+    let e = error(
+        "=== kustomization.yaml\nresources: [a.yaml]\nreplacements:\n- source: {kind: Secret, name: nope}\n  targets:\n  - select: {kind: ConfigMap}\n=== a.yaml\napiVersion: v1\nkind: ConfigMap\nmetadata: {name: a}\n",
+        ".",
+    );
+    assert_eq!(
+        e,
+        "kustomization.yaml: replacements: source Secret/nope selects nothing"
+    );
+}
+
+#[test]
 fn variables_are_substituted_after_the_build() {
     let dir = tree(
         "=== kustomization.yaml\nresources: [a.yaml]\n=== a.yaml\napiVersion: v1\nkind: ConfigMap\nmetadata: {name: a}\ndata:\n  region: ${region}\n  zone: ${zone:=z1}\n",

@@ -5,7 +5,7 @@ use std::collections::BTreeMap;
 
 use serde_json::{Map, Value};
 
-use super::fieldspec::{self, FieldSpec, Leaf, is_cluster_scoped, split_path, walk};
+use super::fieldspec::{self, FieldSpec, Leaf, is_cluster_scoped, walk};
 use super::resource::{Gvk, Resource};
 use super::types::{Image, Kustomization};
 use crate::{Error, RelPath};
@@ -27,9 +27,8 @@ pub(crate) fn namespace(
     let Some(ns) = k.namespace.as_deref().filter(|n| !n.is_empty()) else {
         return Ok(());
     };
-    let specs = fieldspec::table(fieldspec::NAMESPACE);
-    for i in 0..ra.len() {
-        let r = &mut ra[i];
+    let specs = fieldspec::cached(fieldspec::NAMESPACE);
+    for r in ra.iter_mut() {
         r.store_previous_id();
         let gvk = r.gvk();
         let api_version = super::resource::str_at(&r.obj, &["apiVersion"]).to_string();
@@ -37,20 +36,19 @@ pub(crate) fn namespace(
             r.metadata_mut()
                 .insert("namespace".into(), Value::String(ns.to_string()));
         }
-        for spec in &specs {
+        for spec in specs {
             if !spec.selects(&gvk) || (spec.path == "metadata/name" && api_version != "v1") {
                 continue;
             }
-            let path = split_path(&spec.path);
+            let path = &spec.parts;
             let mut set = |v: &mut Value| {
                 *v = Value::String(ns.to_string());
                 Ok(())
             };
-            if let Err(e) = walk(&mut r.obj, &path, spec.create, Leaf::Scalar, &mut set) {
-                return Err(walk_err(file, &ra[i], &spec.path, e));
+            if let Err(e) = walk(&mut r.obj, path, spec.create, Leaf::Scalar, &mut set) {
+                return Err(walk_err(file, r, &spec.path, e));
             }
         }
-        let r = &mut ra[i];
         if matches!(gvk.kind.as_str(), "RoleBinding" | "ClusterRoleBinding")
             && let Some(Value::Array(subjects)) = r.obj.get_mut("subjects")
         {
@@ -62,13 +60,20 @@ pub(crate) fn namespace(
                 }
             }
         }
-        let id = ra[i].cur_id();
-        if ra.iter().filter(|o| o.cur_id().equals(&id)).count() != 1 {
+    }
+    check_unique(file, ns, ra)
+}
+
+/// Refuses two resources that now have the same identity.
+fn check_unique(file: &RelPath, ns: &str, ra: &[Resource]) -> Result<(), Error> {
+    let mut seen = std::collections::HashSet::new();
+    for r in ra {
+        if !seen.insert(r.cur_id().key()) {
             return Err(Error::Conflict {
                 file: file.clone(),
                 message: format!(
                     "namespace {ns:?} makes two resources the same: {}",
-                    ra[i].describe()
+                    r.describe()
                 ),
             });
         }
@@ -129,7 +134,7 @@ fn set_entries(
                 if !spec.selects(&gvk) {
                     continue;
                 }
-                let path = split_path(&spec.path);
+                let path = &spec.parts;
                 let mut set = |v: &mut Value, ptr: &str| {
                     if v.is_null() {
                         *v = Value::Object(Map::new());
@@ -149,13 +154,9 @@ fn set_entries(
                         }),
                     }
                 };
-                if let Err(e) = fieldspec::walk_with_pointer(
-                    &mut r.obj,
-                    &path,
-                    spec.create,
-                    Leaf::Map,
-                    &mut set,
-                ) {
+                if let Err(e) =
+                    fieldspec::walk_with_pointer(&mut r.obj, path, spec.create, Leaf::Map, &mut set)
+                {
                     return Err(walk_err(file, r, &spec.path, e));
                 }
             }
@@ -199,31 +200,37 @@ pub(crate) fn labels(file: &RelPath, k: &Kustomization, ra: &mut [Resource]) -> 
         let mut specs: Vec<FieldSpec> = l
             .fields
             .iter()
-            .map(|f| FieldSpec {
-                group: f.group.clone(),
-                version: f.version.clone(),
-                kind: f.kind.clone(),
-                path: f.path.clone(),
-                create: f.create,
+            .map(|f| {
+                FieldSpec::new(
+                    f.kind.clone(),
+                    f.group.clone(),
+                    f.version.clone(),
+                    f.path.clone(),
+                    f.create,
+                )
             })
             .collect();
         if l.include_selectors {
-            merge_specs(&mut specs, common_label_specs());
+            merge_specs(&mut specs, common_label_specs().to_vec());
         } else {
             if l.include_templates {
-                merge_specs(&mut specs, fieldspec::table(fieldspec::METADATA_LABELS));
+                merge_specs(
+                    &mut specs,
+                    fieldspec::cached(fieldspec::METADATA_LABELS).to_vec(),
+                );
             }
-            merge_specs(&mut specs, fieldspec::table("- - - metadata/labels create"));
+            merge_specs(
+                &mut specs,
+                fieldspec::cached("- - - metadata/labels create").to_vec(),
+            );
         }
         set_entries(file, ra, &l.pairs, &specs)?;
     }
-    set_entries(file, ra, &k.common_labels, &common_label_specs())
+    set_entries(file, ra, &k.common_labels, common_label_specs())
 }
 
-fn common_label_specs() -> Vec<FieldSpec> {
-    let mut specs = fieldspec::table(fieldspec::SELECTOR_LABELS);
-    specs.extend(fieldspec::table(fieldspec::METADATA_LABELS));
-    specs
+fn common_label_specs() -> &'static [FieldSpec] {
+    fieldspec::common_labels()
 }
 
 /// `commonAnnotations:`.
@@ -236,7 +243,7 @@ pub(crate) fn annotations(
         file,
         ra,
         &k.common_annotations,
-        &fieldspec::table(fieldspec::ANNOTATIONS),
+        fieldspec::cached(fieldspec::ANNOTATIONS),
     )
 }
 
@@ -246,10 +253,10 @@ pub(crate) fn replicas(
     k: &Kustomization,
     ra: &mut [Resource],
 ) -> Result<(), Error> {
-    let specs = fieldspec::table(fieldspec::REPLICAS);
+    let specs = fieldspec::cached(fieldspec::REPLICAS);
     for rep in &k.replicas {
         let mut found = false;
-        for spec in &specs {
+        for spec in specs {
             let sel = Gvk {
                 group: spec.group.clone(),
                 version: spec.version.clone(),
@@ -290,7 +297,7 @@ pub(crate) fn replicas(
 /// `images:` (and the legacy `imageTags:`).
 pub(crate) fn images(file: &RelPath, k: &Kustomization, ra: &mut [Resource]) -> Result<(), Error> {
     for img in k.images.iter().chain(&k.image_tags) {
-        let re = regex::Regex::new(&format!(
+        let re = super::regex(&format!(
             "^{}(:[a-zA-Z0-9_.{{}}-]*)?(@sha256:[a-zA-Z0-9_.{{}}-]*)?$",
             img.name
         ))

@@ -50,9 +50,10 @@ pub(crate) struct Kustomization {
     pub sort_options: Option<SortOptions>,
     #[serde(default)]
     pub build_metadata: Vec<String>,
+    #[serde(default)]
+    pub replacements: Vec<super::replacements::Entry>,
     // Known to Kustomize, not implemented by flotilla: refused when set.
     pub openapi: Option<Value>,
-    pub replacements: Option<Value>,
     pub vars: Option<Value>,
     pub crds: Option<Value>,
     pub helm_globals: Option<Value>,
@@ -89,12 +90,12 @@ pub(crate) const KNOWN_FIELDS: &[&str] = &[
     "generatorOptions",
     "sortOptions",
     "buildMetadata",
+    "replacements",
 ];
 
 /// Top-level Kustomize fields flotilla refuses (when not empty).
 pub(crate) const UNSUPPORTED_FIELDS: &[&str] = &[
     "openapi",
-    "replacements",
     "vars",
     "crds",
     "helmGlobals",
