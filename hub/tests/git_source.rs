@@ -181,13 +181,22 @@ fn exact_commit_is_fetched_and_unknown_commits_are_named() {
     assert_eq!(s.commit(), old);
     assert_eq!(s.revision(), format!("sha1:{old}"));
     assert_eq!(read(&s, "a.yaml"), "old\n");
+    let unknown = GitSource::new("c", up.path_url(), GitRef::Commit("0".repeat(40)));
+    assert_eq!(
+        cache.fetch(&unknown).unwrap_err().to_string(),
+        format!("commit {} not found in {}", "0".repeat(40), up.path_url())
+    );
+
     // Cached now: fetching again needs no remote at all.
     std::fs::remove_dir_all(up.dir()).unwrap();
     assert_eq!(cache.fetch(&source).unwrap().commit(), old);
-
-    let unknown = GitSource::new("c", up.path_url(), GitRef::Commit("0".repeat(40)));
     let err = cache.fetch(&unknown).unwrap_err();
     assert!(matches!(err, Error::Fetch { .. }), "{err}");
+    assert!(
+        err.to_string()
+            .starts_with(&format!("fetching {}: ", up.path_url())),
+        "{err}"
+    );
     let short = GitSource::new("c", up.path_url(), GitRef::Commit("abc123".into()));
     assert_eq!(
         cache.fetch(&short).unwrap_err().to_string(),

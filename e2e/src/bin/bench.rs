@@ -1,30 +1,51 @@
-//! `bench`: flotilla's benchmarks. Each prints flotilla next to a reference run and ends with
-//! one `RESULT ...` line; see docs/benchmarks.md.
+//! `bench`: flotilla's benchmarks, each reported against a reference run on the same machine in
+//! the same run (see `docs/benchmarks.md`). The benchmarks themselves live in
+//! `flotilla_e2e::bench`.
 
+use anyhow::Result;
 use clap::{Parser, Subcommand};
-use flotilla_e2e::bench::fanout;
+use flotilla_e2e::bench;
 
-/// Run a flotilla benchmark.
+/// flotilla benchmarks. Each prints a table and ends with one `RESULT ...` line.
 #[derive(Debug, Parser)]
 #[command(name = "bench", version, about)]
 struct Args {
     #[command(subcommand)]
-    command: Command,
+    command: Cmd,
+
+    #[command(flatten)]
+    log: flotilla_telemetry::LogArgs,
 }
 
 #[derive(Debug, Subcommand)]
-enum Command {
-    /// Time from publishing a revision until N agents verified and acknowledged it.
-    Fanout(fanout::FanoutArgs),
+enum Cmd {
+    /// Apply N Flux-benchmark app units with the agent binary and with `kubectl apply
+    /// --server-side` on fresh control planes; agent memory idle and holding them.
+    Apply(bench::apply::ApplyArgs),
+    /// Edit and delete applied objects; time the agent's drift detection and correction against
+    /// a periodic `kubectl apply --server-side` loop.
+    Drift(bench::drift::DriftArgs),
+    /// Publish a revision to N simulated agents over mTLS; time until all verified and acked,
+    /// against the same agents polling over HTTPS.
+    Fanout(bench::fanout::FanoutArgs),
     /// The hub child process of `fanout` (internal).
     #[command(hide = true)]
-    FanoutHub(fanout::FanoutHubArgs),
+    FanoutHub(bench::fanout::FanoutHubArgs),
 }
 
-#[tokio::main]
-async fn main() -> anyhow::Result<()> {
-    match Args::parse().command {
-        Command::Fanout(a) => fanout::run(a).await,
-        Command::FanoutHub(a) => fanout::run_hub(a).await,
+fn main() -> Result<()> {
+    let args = Args::parse();
+    args.log.init()?;
+    match args.command {
+        Cmd::Apply(a) => runtime()?.block_on(bench::apply::run(&a)),
+        Cmd::Drift(a) => runtime()?.block_on(bench::drift::run(&a)),
+        Cmd::Fanout(a) => runtime()?.block_on(bench::fanout::run(a)),
+        Cmd::FanoutHub(a) => runtime()?.block_on(bench::fanout::run_hub(a)),
     }
+}
+
+fn runtime() -> Result<tokio::runtime::Runtime> {
+    Ok(tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?)
 }
