@@ -9,6 +9,7 @@
 //! # Ok(()) }
 //! ```
 
+pub mod bench;
 pub mod controlplane;
 pub mod sim;
 

@@ -9,6 +9,7 @@ pub mod cli;
 pub mod delivery;
 pub mod fleet;
 pub mod server;
+pub mod source;
 
 /// The version of this build, as printed by `--version`.
 pub const VERSION: &str = env!("CARGO_PKG_VERSION");

@@ -64,6 +64,10 @@ pub enum Error {
 /// Substitutes `vars` into every string of `object` (see the module documentation for the
 /// exact rules). `object` is left untouched when it opts out or `vars` is empty.
 pub fn substitute(object: &mut Value, vars: &BTreeMap<String, String>) -> Result<(), Error> {
+    // Same order as Flux: an opted-out object, or no variables at all, is not looked at.
+    if vars.is_empty() || opted_out(object) {
+        return Ok(());
+    }
     let id = object_id(object);
     for name in vars.keys() {
         if !valid_name(name) {
@@ -72,9 +76,6 @@ pub fn substitute(object: &mut Value, vars: &BTreeMap<String, String>) -> Result
                 name: name.clone(),
             });
         }
-    }
-    if vars.is_empty() || opted_out(object) {
-        return Ok(());
     }
     let vars: BTreeMap<&str, String> = vars
         .iter()
@@ -369,7 +370,10 @@ fn retype(s: String) -> Value {
         return Value::Bool(s == "true");
     }
     let digits = s.strip_prefix(['-', '+']).unwrap_or(&s);
-    if !digits.is_empty() && digits.chars().all(|c| c.is_ascii_digit()) {
+    // Leading zeros (`0123`) stay strings: YAML 1.1 would read octal, YAML 1.2 decimal, and such
+    // values (zip codes, ids) are rarely meant as numbers.
+    let leading_zero = digits.len() > 1 && digits.starts_with('0');
+    if !digits.is_empty() && !leading_zero && digits.chars().all(|c| c.is_ascii_digit()) {
         let unsigned = s.strip_prefix('+').unwrap_or(&s);
         if let Ok(i) = unsigned.parse::<i64>() {
             return Value::from(i);
@@ -690,6 +694,8 @@ mod tests {
                 "replicas": "${n}",
                 "paused": "${yes}",
                 "version": "${ver}",
+                "zip": "${zip}",
+                "neg": "${neg}",
                 "mixed": "n=${n}",
                 "template": {"spec": {"containers": [{
                     "name": "c",
@@ -706,6 +712,8 @@ mod tests {
                 ("yes", "true"),
                 ("ver", "1.20"),
                 ("port", "8080"),
+                ("zip", "01234"),
+                ("neg", "-5"),
             ],
         );
         assert_eq!(out["metadata"]["labels"]["n"], json!("3"));
@@ -713,6 +721,8 @@ mod tests {
         assert_eq!(out["spec"]["replicas"], json!(3));
         assert_eq!(out["spec"]["paused"], json!(true));
         assert_eq!(out["spec"]["version"], json!("1.20"));
+        assert_eq!(out["spec"]["zip"], json!("01234"));
+        assert_eq!(out["spec"]["neg"], json!(-5));
         assert_eq!(out["spec"]["mixed"], json!("n=3"));
         let c = &out["spec"]["template"]["spec"]["containers"][0];
         assert_eq!(c["args"][0], json!("3"));
@@ -754,6 +764,11 @@ mod tests {
         }
         let obj = cm(json!({"a": "${x:=d}"}));
         assert_eq!(sub(obj.clone(), &[]), obj);
+        // As in Flux, an opted-out object is not even checked for bad variable names.
+        let mut obj = cm(json!({"a": "${x}"}));
+        obj["metadata"]["annotations"] = json!({OPT_OUT_KEY: "disabled"});
+        let before = obj.clone();
+        assert_eq!(sub(obj, &[("bad-name", "v")]), before);
     }
 
     #[test]

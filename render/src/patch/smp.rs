@@ -213,8 +213,22 @@ impl Walker {
             _ => None,
         };
         for name in names {
-            let d = map.get_mut(&name).map(std::mem::take);
             let s = src_map.and_then(|s| s.get(&name)).cloned();
+            if s.is_none() {
+                // A field only the target has is left as it is unless it holds a map or a
+                // merged list, which kyaml walks (and so normalises) too.
+                let walked_anyway = match map.get(&name) {
+                    Some(Value::Object(_)) => true,
+                    Some(Value::Array(_)) => {
+                        schema::merge_keys(schema::field(schema, &name)).is_some()
+                    }
+                    _ => false,
+                };
+                if !walked_anyway {
+                    continue;
+                }
+            }
+            let d = map.get_mut(&name).map(std::mem::take);
             self.path.push(name.clone());
             let walked = self.walk(d, s, schema::field(schema, &name))?;
             self.path.pop();
@@ -291,15 +305,21 @@ impl Walker {
     }
 
     /// kyaml's `setAssociativeSequenceElements` with lists prepended.
+    ///
+    /// kyaml shares nodes between the target list and the list it builds (a merged element is
+    /// the target's node, changed in place). The nodes live in an arena here and both lists hold
+    /// indices into it, which keeps those semantics without copying elements.
     fn set_elements(
         &mut self,
         mut values_list: Vec<Vec<String>>,
         keys: &[&str],
-        mut dest: Vec<Value>,
+        dest: Vec<Value>,
         src: Option<&[Value]>,
         elem_schema: Schema,
     ) -> Result<Vec<Value>, Error> {
-        let mut items: Vec<Value> = Vec::new();
+        let mut arena = dest;
+        let mut dest: Vec<usize> = (0..arena.len()).collect();
+        let mut items: Vec<usize> = Vec::new();
         if keys.len() > 1 {
             merge_values(&mut values_list);
         }
@@ -311,43 +331,90 @@ impl Walker {
             let (vk, vv) = validate_keys(&values_list, values, keys);
             valid_keys.clone_from(&vk);
             let (lk, lv) = validate_keys(std::slice::from_ref(&vv), &vv, &vk);
-            let d_idx = element_index(&dest, &lk, &lv);
-            let d = d_idx.map(|i| dest[i].clone());
-            let s = src.and_then(|s| element_index(s, &lk, &lv).map(|i| s[i].clone()));
+            let d_node = dest
+                .iter()
+                .copied()
+                .find(|&i| element_matches(&arena[i], &lk, &lv));
+            let s = src.and_then(|s| s.iter().find(|e| element_matches(e, &lk, &lv)).cloned());
+            // When the walk merges into the target's element, move it out rather than copy it;
+            // the merged node goes back to the same arena slot below.
+            let in_place = d_node.is_some_and(|i| merges_in_place(&arena[i], s.as_ref()));
+            let d = d_node.map(|i| {
+                if in_place {
+                    std::mem::take(&mut arena[i])
+                } else {
+                    arena[i].clone()
+                }
+            });
             let walked = self.walk(d, s, elem_schema)?;
-            if let (true, Some(i), Some(v)) = (walked.from_dest, d_idx, &walked.value) {
-                dest[i] = v.clone();
-            }
-            let mut val = walked.value;
+            debug_assert!(!in_place || walked.from_dest);
+            let node = match (walked.value, d_node) {
+                (None, _) => None,
+                (Some(v), Some(i)) if walked.from_dest => {
+                    arena[i] = v;
+                    Some(i)
+                }
+                (Some(v), _) => {
+                    arena.push(v);
+                    Some(arena.len() - 1)
+                }
+            };
             let mut exit = false;
             for (i, key) in vk.iter().enumerate() {
-                match &mut val {
-                    None | Some(Value::Null) => {
-                        element_setter(&mut dest, None, &vk, &vv, &self.path)?;
-                        exit = true;
-                    }
-                    Some(v) if is_empty_map(v) => {
-                        element_setter(&mut dest, None, &vk, &vv, &self.path)?;
-                        exit = true;
-                    }
-                    Some(Value::Object(m)) => {
-                        if !m.contains_key(*key) && !vv[i].is_empty() {
-                            m.insert((*key).to_string(), plain_scalar(&vv[i]));
-                        }
-                    }
-                    Some(_) => {}
+                let gone = node.is_none_or(|n| arena[n].is_null() || is_empty_map(&arena[n]));
+                if gone {
+                    element_setter(&mut dest, &arena, None, &vk, &vv, &self.path)?;
+                    exit = true;
+                } else if let Some(Value::Object(m)) = node.map(|n| &mut arena[n])
+                    && !m.contains_key(*key)
+                    && !vv[i].is_empty()
+                {
+                    m.insert((*key).to_string(), plain_scalar(&vv[i]));
                 }
             }
             if exit {
                 continue;
             }
-            element_setter(&mut items, val, &vk, &vv, &self.path)?;
+            element_setter(&mut items, &arena, node, &vk, &vv, &self.path)?;
         }
-        if values_list.is_empty() {
-            return Ok(dest);
-        }
-        append_list(items, dest, &valid_keys, &self.path)
+        let result = if values_list.is_empty() {
+            dest
+        } else {
+            append_list(items, dest, &valid_keys, &arena, &self.path)?
+        };
+        Ok(materialize(arena, &result))
     }
+}
+
+/// The values a list of arena indices stands for (a node listed twice is copied once).
+fn materialize(arena: Vec<Value>, list: &[usize]) -> Vec<Value> {
+    let mut remaining = vec![0usize; arena.len()];
+    for &i in list {
+        remaining[i] += 1;
+    }
+    let mut arena: Vec<Option<Value>> = arena.into_iter().map(Some).collect();
+    list.iter()
+        .map(|&i| {
+            remaining[i] -= 1;
+            if remaining[i] == 0 {
+                arena[i].take().unwrap_or_default()
+            } else {
+                arena[i].clone().unwrap_or_default()
+            }
+        })
+        .collect()
+}
+
+/// Whether walking `dest` with `src` merges into `dest`'s own node (kyaml's VisitMap returning
+/// the target): a target mapping, and a patch side that is absent or a mapping without a
+/// `$patch` other than `merge`.
+fn merges_in_place(dest: &Value, src: Option<&Value>) -> bool {
+    dest.is_object()
+        && match src {
+            None => true,
+            Some(Value::Object(m)) => m.get(DIRECTIVE).is_none_or(|v| text(v) == "merge"),
+            Some(_) => false,
+        }
 }
 
 /// The schema of a node that names its own apiVersion and kind (kyaml looks a schema up this way
@@ -421,7 +488,7 @@ fn seq_directive(src: &mut Option<Value>, path: &[String]) -> Result<Directive, 
     }
     let value = text(&m[DIRECTIVE]);
     let d = parse_directive(&m[DIRECTIVE], path)?;
-    element_setter(list, None, &[DIRECTIVE], &[value], path)?;
+    element_setter_values(list, &[DIRECTIVE], &[value], path)?;
     Ok(d)
 }
 
@@ -529,23 +596,21 @@ fn validate_keys<'k>(
     (vk, vv)
 }
 
-/// The index of the first element whose keys have these values (kyaml's `ElementList`).
-fn element_index(list: &[Value], keys: &[&str], values: &[String]) -> Option<usize> {
+/// Whether an element's keys have these values (kyaml's `ElementList` match).
+fn element_matches(e: &Value, keys: &[&str], values: &[String]) -> bool {
     let first = values.first().map(String::as_str).unwrap_or("");
     if keys.is_empty() || keys[0].is_empty() {
-        return list.iter().position(|e| text(e) == first);
+        return text(e) == first;
     }
     if keys.len() != values.len() {
-        return None;
+        return false;
     }
-    list.iter().position(|e| {
-        let Value::Object(m) = e else {
-            return false;
-        };
-        keys.iter()
-            .zip(values)
-            .all(|(k, v)| m.get(*k).is_some_and(|f| text(f) == *v))
-    })
+    let Value::Object(m) = e else {
+        return false;
+    };
+    keys.iter()
+        .zip(values)
+        .all(|(k, v)| m.get(*k).is_some_and(|f| text(f) == *v))
 }
 
 /// kyaml's `FieldMatcher` as `ElementSetter` uses it: does `elem` have `name` (equal to `value`
@@ -579,12 +644,13 @@ fn field_matches(elem: &Value, name: &str, value: &str, path: &[String]) -> Resu
     })
 }
 
-/// kyaml's `ElementSetter`: replaces every element matching `keys`=`values` with `element`
-/// (removes them when `element` is `None`), appending `element` if none matched. Like kyaml it
-/// also drops null and empty-map elements on the way.
+/// kyaml's `ElementSetter` on a list of arena nodes: replaces every element matching
+/// `keys`=`values` with `element` (removes them when `element` is `None`), appending `element`
+/// if none matched. Like kyaml it also drops null and empty-map elements on the way.
 fn element_setter(
-    list: &mut Vec<Value>,
-    element: Option<Value>,
+    list: &mut Vec<usize>,
+    arena: &[Value],
+    element: Option<usize>,
     keys: &[&str],
     values: &[String],
     path: &[String],
@@ -593,19 +659,20 @@ fn element_setter(
     let mapping_setter = !keys[0].is_empty() && values.first().is_some_and(|v| !v.is_empty());
     let mut out = Vec::with_capacity(list.len() + 1);
     let mut matched = false;
-    for elem in std::mem::take(list) {
-        if elem.is_null() || is_empty_map(&elem) {
+    for &i in list.iter() {
+        let elem = &arena[i];
+        if elem.is_null() || is_empty_map(elem) {
             continue;
         }
         if !elem.is_object() && mapping_setter {
-            out.push(elem);
+            out.push(i);
             continue;
         }
         let mut found = true;
         let mut last = false;
         for (j, key) in keys.iter().enumerate() {
             if let Some(v) = values.get(j) {
-                last = field_matches(&elem, key, v, path)?;
+                last = field_matches(elem, key, v, path)?;
             }
             if !last {
                 found = false;
@@ -614,43 +681,56 @@ fn element_setter(
         }
         if !found {
             if !values.is_empty() {
-                out.push(elem);
+                out.push(i);
             }
             continue;
         }
         matched = true;
-        if let Some(e) = &element {
-            out.push(e.clone());
+        if let Some(e) = element {
+            out.push(e);
         }
     }
     *list = out;
-    match element {
-        None | Some(Value::Null) => {}
-        Some(e) => {
-            if !matched {
-                list.push(e);
-            }
-        }
+    if let Some(e) = element
+        && !matched
+        && !arena[e].is_null()
+    {
+        list.push(e);
     }
+    Ok(())
+}
+
+/// [`element_setter`] on a plain list (used to elide a list's `$patch` element).
+fn element_setter_values(
+    list: &mut Vec<Value>,
+    keys: &[&str],
+    values: &[String],
+    path: &[String],
+) -> Result<(), Error> {
+    let arena = std::mem::take(list);
+    let mut idx: Vec<usize> = (0..arena.len()).collect();
+    element_setter(&mut idx, &arena, None, keys, values, path)?;
+    *list = materialize(arena, &idx);
     Ok(())
 }
 
 /// kyaml's `appendListNode`: sets each element of `src` into `dst` by its keys.
 fn append_list(
-    mut dst: Vec<Value>,
-    src: Vec<Value>,
+    mut dst: Vec<usize>,
+    src: Vec<usize>,
     keys: &[&str],
+    arena: &[Value],
     path: &[String],
-) -> Result<Vec<Value>, Error> {
+) -> Result<Vec<usize>, Error> {
     for elem in src {
         if keys.first().is_none_or(|k| k.is_empty()) {
-            let t = text(&elem);
-            element_setter(&mut dst, Some(elem), &[""], &[t], path)?;
+            let t = text(&arena[elem]);
+            element_setter(&mut dst, arena, Some(elem), &[""], &[t], path)?;
             continue;
         }
         let mut v: Vec<String> = Vec::new();
         for key in keys {
-            let field = match &elem {
+            let field = match &arena[elem] {
                 Value::Null => None,
                 Value::Object(m) => m.get(*key),
                 other => {
@@ -662,14 +742,14 @@ fn append_list(
                 }
             };
             match field {
-                None => dst.push(elem.clone()),
+                None => dst.push(elem),
                 Some(f) => v.push(text(f)),
             }
         }
         if keys.len() > 1 {
-            element_setter(&mut dst, None, keys, &v, path)?;
+            element_setter(&mut dst, arena, None, keys, &v, path)?;
         }
-        element_setter(&mut dst, Some(elem), keys, &v, path)?;
+        element_setter(&mut dst, arena, Some(elem), keys, &v, path)?;
     }
     Ok(dst)
 }

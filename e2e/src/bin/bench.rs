@@ -1,0 +1,43 @@
+//! `bench`: flotilla's benchmarks, each reported against a reference run on the same machine in
+//! the same run (see `docs/benchmarks.md`). The benchmarks themselves live in
+//! `flotilla_e2e::bench`.
+
+use anyhow::Result;
+use clap::{Parser, Subcommand};
+use flotilla_e2e::bench;
+
+/// flotilla benchmarks. Each prints a table and ends with one `RESULT ...` line.
+#[derive(Debug, Parser)]
+#[command(name = "bench", version, about)]
+struct Args {
+    #[command(subcommand)]
+    command: Cmd,
+
+    #[command(flatten)]
+    log: flotilla_telemetry::LogArgs,
+}
+
+#[derive(Debug, Subcommand)]
+enum Cmd {
+    /// Apply N Flux-benchmark app units with the agent binary and with `kubectl apply
+    /// --server-side` on fresh control planes; agent memory idle and holding them.
+    Apply(bench::apply::ApplyArgs),
+    /// Edit and delete applied objects; time the agent's drift detection and correction against
+    /// a periodic `kubectl apply --server-side` loop.
+    Drift(bench::drift::DriftArgs),
+}
+
+fn main() -> Result<()> {
+    let args = Args::parse();
+    args.log.init()?;
+    match args.command {
+        Cmd::Apply(a) => runtime()?.block_on(bench::apply::run(&a)),
+        Cmd::Drift(a) => runtime()?.block_on(bench::drift::run(&a)),
+    }
+}
+
+fn runtime() -> Result<tokio::runtime::Runtime> {
+    Ok(tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?)
+}
