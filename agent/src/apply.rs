@@ -281,9 +281,11 @@ impl Applier {
         opts: &ApplyOptions,
         known: &(dyn Fn(&ObjectRef) -> Option<String> + Sync),
     ) -> Vec<(usize, ObjectResult)> {
-        futures::stream::iter(indices.iter().map(|&i| async move {
+        // Closures over owned indices (not `&usize`) keep the future `Send` for any caller.
+        futures::stream::iter(indices.iter().copied().map(|i| {
             let (r, obj) = &objects[i];
-            (i, self.apply_one(r, obj, opts, known(r)).await)
+            let known_rv = known(r);
+            async move { (i, self.apply_one(r, obj, opts, known_rv).await) }
         }))
         .buffer_unordered(self.config.concurrency.max(1))
         .collect()

@@ -11,6 +11,7 @@ pub mod health;
 pub mod inventory;
 pub mod object;
 pub mod reconcile;
+pub mod sink;
 pub mod store;
 pub mod verify;
 

@@ -1261,3 +1261,18 @@ fn json6902_randomised_operations_match_kustomize() {
         );
     }
 }
+
+#[test]
+fn json6902_pointer_without_leading_slash_is_an_error() {
+    // kustomize silently drops the first segment (`spec/replicas` writes a top-level
+    // `replicas`); flotilla refuses the pointer instead.
+    let mut target = one(DEPLOYMENT);
+    let before = target.clone();
+    let ops = serde_json::json!([{"op": "replace", "path": "spec/replicas", "value": 3}]);
+    let err = json6902(&mut target, &ops).unwrap_err();
+    assert_eq!(
+        err.to_string(),
+        "JSON patch operation 0 (replace spec/replicas) failed: a JSON pointer must be empty or start with '/'"
+    );
+    assert_eq!(target, before);
+}
