@@ -228,6 +228,27 @@ impl Reassembler {
     }
 }
 
+/// A whole bundle as one protobuf message (a single `BundleChunk`), for transports other than
+/// the stream, such as the HTTPS polling reference of the fan-out benchmark.
+pub fn bundle_to_bytes(bundle: &SignedBundle) -> Vec<u8> {
+    use prost::Message as _;
+    let mut chunks = bundle_to_chunks(bundle, usize::MAX);
+    chunks.remove(0).encode_to_vec()
+}
+
+/// Reads a bundle written by [`bundle_to_bytes`].
+pub fn bundle_from_bytes(bytes: &[u8]) -> Result<SignedBundle, Error> {
+    use prost::Message as _;
+    let chunk = pb::BundleChunk::decode(bytes).map_err(|_| Error::Malformed {
+        field: "bundle",
+        source: None,
+    })?;
+    Reassembler::default().push(chunk)?.ok_or(Error::Missing {
+        message: "BundleChunk",
+        field: "final chunk",
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use flotilla_bundle::SigningKey;
@@ -279,6 +300,13 @@ mod tests {
         r.push(chunks.remove(0)).unwrap();
         r.push(chunks.remove(0)).unwrap();
         assert!(matches!(r.push(chunks.remove(0)), Err(Error::Size { .. })));
+    }
+
+    #[test]
+    fn bundle_round_trips_as_one_message() {
+        let b = bundle(5000);
+        assert_eq!(bundle_from_bytes(&bundle_to_bytes(&b)).unwrap(), b);
+        assert!(bundle_from_bytes(b"junk").is_err());
     }
 
     #[test]

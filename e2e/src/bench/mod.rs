@@ -4,6 +4,7 @@
 
 pub mod apply;
 pub mod drift;
+pub mod fanout;
 pub mod render;
 
 use std::path::{Path, PathBuf};

@@ -25,6 +25,12 @@ enum Cmd {
     /// Edit and delete applied objects; time the agent's drift detection and correction against
     /// a periodic `kubectl apply --server-side` loop.
     Drift(bench::drift::DriftArgs),
+    /// Publish a revision to N simulated agents over mTLS; time until all verified and acked,
+    /// against the same agents polling over HTTPS.
+    Fanout(bench::fanout::FanoutArgs),
+    /// The hub child process of `fanout` (internal).
+    #[command(hide = true)]
+    FanoutHub(bench::fanout::FanoutHubArgs),
     /// Render a generated 200-cluster fleet (and the conformance trees) with flotilla and with
     /// `kubectl kustomize`; check both agree; report the ratio and flotilla's peak memory.
     Render(bench::render::RenderArgs),
@@ -46,6 +52,8 @@ fn main() -> Result<()> {
     match args.command {
         Cmd::Apply(a) => runtime()?.block_on(bench::apply::run(&a)),
         Cmd::Drift(a) => runtime()?.block_on(bench::drift::run(&a)),
+        Cmd::Fanout(a) => runtime()?.block_on(bench::fanout::run(a)),
+        Cmd::FanoutHub(a) => runtime()?.block_on(bench::fanout::run_hub(a)),
         Cmd::Render(a) => bench::render::run(&a),
         Cmd::RenderChild { dir, clusters } => bench::render::run_child(&dir, clusters),
     }

@@ -6,6 +6,7 @@
 //! is of the referenced type, is visible from the referrer's namespace and, when several
 //! remain, went through the same prefixes and suffixes — Kustomize's rules.
 
+use std::collections::HashMap;
 use std::sync::OnceLock;
 
 use serde_json::Value;
@@ -451,21 +452,46 @@ pub(crate) fn fix(ra: &mut [Resource]) -> Result<(), String> {
     if infos.iter().all(|i| i.prev.is_empty()) {
         return Ok(());
     }
+    // Candidates by namespace, so finding what a referrer can see is not a scan of everything.
+    let mut cluster: Vec<usize> = Vec::new();
+    let mut by_effective_ns: HashMap<String, Vec<usize>> = HashMap::new();
+    let mut by_ns: HashMap<&str, Vec<usize>> = HashMap::new();
+    for (i, inf) in infos.iter().enumerate() {
+        if is_cluster_scoped(&inf.cur.gvk) {
+            cluster.push(i);
+        } else {
+            by_effective_ns
+                .entry(inf.cur.effective_namespace().to_string())
+                .or_default()
+                .push(i);
+        }
+        by_ns.entry(inf.cur.namespace.as_str()).or_default().push(i);
+    }
+    let all: Vec<usize> = (0..ra.len()).collect();
     for ri in 0..ra.len() {
         let org = ra[ri].org_id();
         let referrer_cur = &infos[ri].cur;
+        let refers = back_refs()
+            .iter()
+            .any(|br| br.referrers.iter().any(|(sel, _)| org.gvk.is_selected(sel)));
+        if !refers {
+            continue;
+        }
         let candidates: Vec<usize> = if is_cluster_scoped(&referrer_cur.gvk) {
-            (0..ra.len()).collect()
+            all.clone()
         } else {
-            let rb = role_binding_namespaces(&ra[ri]);
-            (0..ra.len())
-                .filter(|&i| {
-                    let c = &infos[i].cur;
-                    is_cluster_scoped(&c.gvk)
-                        || c.effective_namespace() == referrer_cur.effective_namespace()
-                        || rb.contains(&c.namespace)
-                })
-                .collect()
+            let mut v = cluster.clone();
+            if let Some(same) = by_effective_ns.get(referrer_cur.effective_namespace()) {
+                v.extend(same);
+            }
+            for ns in role_binding_namespaces(&ra[ri]) {
+                if let Some(more) = by_ns.get(ns.as_str()) {
+                    v.extend(more);
+                }
+            }
+            v.sort_unstable();
+            v.dedup();
+            v
         };
         for br in back_refs() {
             for (sel, spec) in &br.referrers {
