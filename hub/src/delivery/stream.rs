@@ -337,7 +337,15 @@ fn handle_agent_message(hub: &Hub, cluster: &str, message: pb::AgentMessage) {
                 objects: ack
                     .objects
                     .into_iter()
-                    .map(|o| (format!("{}/{}/{}", o.kind, o.namespace, o.name), o.ok))
+                    .map(|o| {
+                        // Kind/namespace/name, or Kind/name for cluster-scoped objects.
+                        let id = if o.namespace.is_empty() {
+                            format!("{}/{}", o.kind, o.name)
+                        } else {
+                            format!("{}/{}/{}", o.kind, o.namespace, o.name)
+                        };
+                        (id, o.ok)
+                    })
                     .collect(),
             };
             // The cluster is the stream's, whatever the message says.
