@@ -9,6 +9,11 @@
 //! output matches `kubectl kustomize` (v5.5); without one it reads the directory as plain YAML.
 //! Post-build `${var}` substitution then runs on every object when variables are given.
 //! [`to_yaml`] prints the result as the `---`-separated stream `kubectl kustomize` prints.
+//!
+//! To render many paths of one tree (every cluster of a fleet from one Git snapshot), use a
+//! [`Renderer`]: it gives the same objects as [`render`] but builds each kustomization that
+//! other kustomizations include (`apps/base`, `infrastructure/`, ...) once, not once per
+//! cluster.
 
 pub mod patch;
 pub mod subst;
@@ -178,11 +183,23 @@ pub enum Error {
 
 /// Renders `path` of `tree`: a Kustomize build when the directory holds a kustomization, the
 /// directory's YAML files otherwise, then `${var}` substitution when `vars` is not empty.
+///
+/// Rendering several paths of the same tree is faster with a [`Renderer`].
 pub fn render(
     tree: &dyn Tree,
     path: &RelPath,
     vars: &Variables,
     opts: &Options,
+) -> Result<Vec<serde_json::Value>, Error> {
+    render_with(tree, path, vars, opts, &kustomize::BuildCache::default())
+}
+
+fn render_with(
+    tree: &dyn Tree,
+    path: &RelPath,
+    vars: &Variables,
+    opts: &Options,
+    cache: &kustomize::BuildCache,
 ) -> Result<Vec<serde_json::Value>, Error> {
     let src = source::Source::new(tree, opts);
     let objects = match tree.kind(path)? {
@@ -190,7 +207,7 @@ pub fn render(
         Some(EntryKind::File) => plain::render_file(&src, path)?,
         Some(EntryKind::Dir) => {
             if kustomize::find_kustomization(&src, path)?.is_some() {
-                kustomize::build(&src, path)?
+                kustomize::build(&src, path, cache)?
             } else {
                 plain::render_dir(&src, path)?
             }
@@ -200,6 +217,73 @@ pub fn render(
         substitute(objects, vars)
     } else {
         Ok(objects)
+    }
+}
+
+/// Renders many paths of one tree, reusing work between them.
+///
+/// A kustomization included by others as a resource (a base such as `apps/base/web`, or
+/// `infrastructure/`) builds to the same resources whichever kustomization includes it; the
+/// including kustomization's transformations (namespace, prefix, labels, patches, ...) apply to
+/// a copy afterwards. A `Renderer` keeps each such build and reuses it, so rendering 200
+/// cluster overlays of one snapshot builds every shared base once. Results are identical to
+/// [`render`]'s, errors and limits included: a reused build still counts its files against
+/// [`Options::max_files`] and its nesting against [`Options::max_depth`]; only failed builds
+/// are never kept.
+///
+/// The tree must not change while the renderer is in use: make one `Renderer` per snapshot
+/// (per Git revision) and drop it with the snapshot. It is `Send + Sync`; renders may run on
+/// several threads at once. Memory is bounded (past 200,000 cached objects nothing more is
+/// kept).
+///
+/// ```no_run
+/// use flotilla_render::{FsTree, Options, RelPath, Renderer, Variables};
+///
+/// let tree = FsTree::new("fleet")?;
+/// let renderer = Renderer::new(tree, Options::default());
+/// for cluster in ["clusters/eu-1", "clusters/us-1"] {
+///     let objects = renderer.render(&RelPath::new(cluster)?, &Variables::new())?;
+///     print!("{}", flotilla_render::to_yaml(&objects));
+/// }
+/// # Ok::<(), Box<dyn std::error::Error>>(())
+/// ```
+pub struct Renderer<T> {
+    tree: T,
+    opts: Options,
+    cache: kustomize::BuildCache,
+}
+
+impl<T: Tree> Renderer<T> {
+    /// A renderer of `tree` (owned, or a reference: `&T` is a [`Tree`] too) with limits `opts`.
+    pub fn new(tree: T, opts: Options) -> Self {
+        Self {
+            tree,
+            opts,
+            cache: kustomize::BuildCache::default(),
+        }
+    }
+
+    /// Renders `path` as [`render`] does, reusing builds kept from earlier renders.
+    pub fn render(&self, path: &RelPath, vars: &Variables) -> Result<Vec<serde_json::Value>, Error> {
+        render_with(&self.tree, path, vars, &self.opts, &self.cache)
+    }
+
+    /// The tree being rendered.
+    pub fn tree(&self) -> &T {
+        &self.tree
+    }
+
+    /// The limits every render uses.
+    pub fn options(&self) -> &Options {
+        &self.opts
+    }
+}
+
+impl<T> std::fmt::Debug for Renderer<T> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Renderer")
+            .field("opts", &self.opts)
+            .finish_non_exhaustive()
     }
 }
 

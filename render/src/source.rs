@@ -1,9 +1,13 @@
 //! Reading files for one render: limits on count and size, and a cache of parsed YAML so a
 //! base shared by many overlays is read and parsed once per render — and, since parsing is
 //! a pure function of the text, parsed once per process while its text stays the same.
+//!
+//! A render also keeps a record of the files each kustomization build reads (see
+//! [`Source::start_recording`]), so that a build reused from a [`crate::Renderer`]'s cache is
+//! counted against the limits as if it had been read again.
 
-use std::cell::{Cell, RefCell};
-use std::collections::HashMap;
+use std::cell::RefCell;
+use std::collections::{HashMap, HashSet};
 use std::rc::Rc;
 use std::sync::{Arc, Mutex, OnceLock, PoisonError};
 
@@ -16,7 +20,10 @@ pub(crate) struct Source<'a> {
     pub tree: &'a dyn Tree,
     /// The render's limits.
     pub opts: &'a Options,
-    files_read: Cell<usize>,
+    /// Every file read so far (each counts once against [`Options::max_files`]).
+    files_read: RefCell<HashSet<RelPath>>,
+    /// The files read by each build being recorded, innermost last.
+    recorders: RefCell<Vec<HashSet<RelPath>>>,
     texts: RefCell<HashMap<RelPath, Rc<str>>>,
     docs: RefCell<HashMap<RelPath, Arc<Vec<Doc>>>>,
 }
@@ -66,22 +73,69 @@ impl<'a> Source<'a> {
         Self {
             tree,
             opts,
-            files_read: Cell::new(0),
+            files_read: RefCell::default(),
+            recorders: RefCell::default(),
             texts: RefCell::default(),
             docs: RefCell::default(),
         }
     }
 
-    /// Raw bytes of a file, counted against the limits (not cached).
-    pub fn read_bytes(&self, path: &RelPath) -> Result<Vec<u8>, Error> {
-        let n = self.files_read.get() + 1;
-        if n > self.opts.max_files {
+    /// Counts `path` against [`Options::max_files`] (once per render) and notes it in every
+    /// build being recorded.
+    fn count(&self, path: &RelPath) -> Result<(), Error> {
+        for r in self.recorders.borrow_mut().iter_mut() {
+            if !r.contains(path) {
+                r.insert(path.clone());
+            }
+        }
+        let mut read = self.files_read.borrow_mut();
+        if read.contains(path) {
+            return Ok(());
+        }
+        if read.len() >= self.opts.max_files {
             return Err(Error::TooManyFiles {
                 file: path.clone(),
                 limit: self.opts.max_files,
             });
         }
-        self.files_read.set(n);
+        read.insert(path.clone());
+        Ok(())
+    }
+
+    /// Whether counting `files` would stay within [`Options::max_files`].
+    pub fn files_fit(&self, files: &[RelPath]) -> bool {
+        let read = self.files_read.borrow();
+        let new = files.iter().filter(|f| !read.contains(*f)).count();
+        read.len() + new <= self.opts.max_files
+    }
+
+    /// Counts files read by a build reused from a cache, as if they had been read now. The
+    /// caller checks [`Source::files_fit`] first.
+    pub fn count_reused(&self, files: &[RelPath]) -> Result<(), Error> {
+        files.iter().try_for_each(|f| self.count(f))
+    }
+
+    /// Starts recording the files read, for a build that may be cached.
+    pub fn start_recording(&self) {
+        self.recorders.borrow_mut().push(HashSet::new());
+    }
+
+    /// Stops the innermost recording and returns the files it saw.
+    pub fn stop_recording(&self) -> Vec<RelPath> {
+        let mut files: Vec<RelPath> = self
+            .recorders
+            .borrow_mut()
+            .pop()
+            .unwrap_or_default()
+            .into_iter()
+            .collect();
+        files.sort();
+        files
+    }
+
+    /// Raw bytes of a file, counted against the limits (not cached).
+    pub fn read_bytes(&self, path: &RelPath) -> Result<Vec<u8>, Error> {
+        self.count(path)?;
         let bytes = self.tree.read(path)?;
         if bytes.len() as u64 > self.opts.max_file_bytes {
             return Err(TreeError::TooLarge {
@@ -97,6 +151,7 @@ impl<'a> Source<'a> {
     /// A file as UTF-8 text, cached.
     pub fn read_text(&self, path: &RelPath) -> Result<Rc<str>, Error> {
         if let Some(t) = self.texts.borrow().get(path) {
+            self.count(path)?;
             return Ok(t.clone());
         }
         let bytes = self.read_bytes(path)?;
@@ -113,6 +168,7 @@ impl<'a> Source<'a> {
     /// A file's YAML documents, parsed once per render.
     pub fn docs(&self, path: &RelPath) -> Result<Arc<Vec<Doc>>, Error> {
         if let Some(d) = self.docs.borrow().get(path) {
+            self.count(path)?;
             return Ok(d.clone());
         }
         let text = self.read_text(path)?;

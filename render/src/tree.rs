@@ -171,6 +171,34 @@ pub trait Tree: Send + Sync {
     fn read(&self, path: &RelPath) -> Result<Vec<u8>, TreeError>;
 }
 
+impl<T: Tree + ?Sized> Tree for &T {
+    fn kind(&self, path: &RelPath) -> Result<Option<EntryKind>, TreeError> {
+        (**self).kind(path)
+    }
+
+    fn list(&self, path: &RelPath) -> Result<Vec<DirEntry>, TreeError> {
+        (**self).list(path)
+    }
+
+    fn read(&self, path: &RelPath) -> Result<Vec<u8>, TreeError> {
+        (**self).read(path)
+    }
+}
+
+impl<T: Tree + ?Sized> Tree for std::sync::Arc<T> {
+    fn kind(&self, path: &RelPath) -> Result<Option<EntryKind>, TreeError> {
+        (**self).kind(path)
+    }
+
+    fn list(&self, path: &RelPath) -> Result<Vec<DirEntry>, TreeError> {
+        (**self).list(path)
+    }
+
+    fn read(&self, path: &RelPath) -> Result<Vec<u8>, TreeError> {
+        (**self).read(path)
+    }
+}
+
 /// A directory on disk seen as a [`Tree`].
 #[derive(Debug, Clone)]
 pub struct FsTree {

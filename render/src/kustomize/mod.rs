@@ -17,6 +17,7 @@ mod transform;
 mod types;
 
 use std::collections::HashMap;
+use std::sync::{Arc, Mutex, PoisonError};
 
 use serde_json::Value;
 
@@ -60,11 +61,67 @@ pub(crate) fn find_kustomization(
     }
 }
 
-/// Runs the Kustomize build of `dir`.
-pub(crate) fn build(src: &Source<'_>, dir: &RelPath) -> Result<Vec<Value>, Error> {
+/// Kustomizations built as resources of another, kept for reuse by later builds of the same
+/// tree: such a build depends only on its directory (and the tree and options it was built
+/// with), never on the kustomization that includes it.
+#[derive(Default)]
+pub(crate) struct BuildCache {
+    inner: Mutex<CacheInner>,
+}
+
+#[derive(Default)]
+struct CacheInner {
+    builds: HashMap<RelPath, Arc<CachedBuild>>,
+    /// Objects held by `builds`, to bound the memory the cache takes.
+    objects: usize,
+}
+
+/// Past this many cached objects, new builds are no longer cached.
+const CACHE_MAX_OBJECTS: usize = 200_000;
+
+/// One cached build of a kustomization directory.
+struct CachedBuild {
+    /// The resources it produced, before any transformation by an including kustomization.
+    resources: Vec<Resource>,
+    /// Every file it read, to count against [`crate::Options::max_files`] on reuse.
+    files: Vec<RelPath>,
+    /// How many kustomizations deep it nests, itself included, to check
+    /// [`crate::Options::max_depth`] on reuse.
+    depth: usize,
+}
+
+impl BuildCache {
+    fn get(&self, dir: &RelPath) -> Option<Arc<CachedBuild>> {
+        self.inner
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .builds
+            .get(dir)
+            .cloned()
+    }
+
+    fn insert(&self, dir: &RelPath, build: CachedBuild) {
+        let mut inner = self.inner.lock().unwrap_or_else(PoisonError::into_inner);
+        let n = build.resources.len().max(1);
+        if inner.objects + n > CACHE_MAX_OBJECTS || inner.builds.contains_key(dir) {
+            return;
+        }
+        inner.objects += n;
+        inner.builds.insert(dir.clone(), Arc::new(build));
+    }
+}
+
+/// Runs the Kustomize build of `dir`, reusing and filling `cache`.
+pub(crate) fn build(
+    src: &Source<'_>,
+    dir: &RelPath,
+    cache: &BuildCache,
+) -> Result<Vec<Value>, Error> {
     let mut b = Builder {
         src,
         stack: Vec::new(),
+        cache,
+        peaks: Vec::new(),
     };
     let (file, k) = b.load(dir)?;
     if k.kind.as_deref() == Some("Component") {
@@ -121,6 +178,10 @@ pub(crate) fn regex(pattern: &str) -> Result<regex::Regex, regex::Error> {
 struct Builder<'s, 'a> {
     src: &'s Source<'a>,
     stack: Vec<RelPath>,
+    /// Builds of included kustomizations, shared with other renders.
+    cache: &'s BuildCache,
+    /// For each build being recorded for the cache: the deepest `stack` it reached.
+    peaks: Vec<usize>,
 }
 
 /// Whether a resource entry names something remote (URL or Git reference).
@@ -284,18 +345,15 @@ impl Builder<'_, '_> {
                     }
                 }
                 Ok(Some(EntryKind::Dir)) => {
-                    let (sub_file, sub) = self.enter(&path, file)?;
-                    if sub.kind.as_deref() == Some("Component") {
-                        return Err(Error::Invalid {
-                            file: file.clone(),
-                            message: format!(
-                                "resource {entry:?} is a Component; list it under `components`"
-                            ),
-                        });
+                    if let Some(hit) = self.reusable(&path) {
+                        self.src.count_reused(&hit.files)?;
+                        self.note_depth(self.stack.len() + hit.depth);
+                        for r in &hit.resources {
+                            append(ra, &mut ids, r.clone(), file)?;
+                        }
+                        continue;
                     }
-                    let mut sub_ra = Vec::new();
-                    self.accumulate(&path, &sub_file, &sub, &mut sub_ra)?;
-                    self.stack.pop();
+                    let sub_ra = self.build_resource_dir(&path, file, entry)?;
                     for r in sub_ra {
                         append(ra, &mut ids, r, file)?;
                     }
@@ -367,6 +425,68 @@ impl Builder<'_, '_> {
         Ok(())
     }
 
+    /// A cached build of `path` that gives what building it here would: it fits the depth and
+    /// file limits from here, and `path` is not being built already (a cycle).
+    fn reusable(&self, path: &RelPath) -> Option<Arc<CachedBuild>> {
+        let hit = self.cache.get(path)?;
+        let fits = self.stack.len() + hit.depth <= self.src.opts.max_depth
+            && !self.stack.contains(path)
+            && self.src.files_fit(&hit.files);
+        fits.then_some(hit)
+    }
+
+    /// Notes that the build reached `depth` nested kustomizations, for the builds recorded.
+    fn note_depth(&mut self, depth: usize) {
+        for p in &mut self.peaks {
+            *p = (*p).max(depth);
+        }
+    }
+
+    /// Builds the kustomization of directory `path`, listed as `entry` under `resources` of
+    /// `file`, and caches the result for later builds.
+    fn build_resource_dir(
+        &mut self,
+        path: &RelPath,
+        file: &RelPath,
+        entry: &str,
+    ) -> Result<Vec<Resource>, Error> {
+        let start = self.stack.len();
+        self.src.start_recording();
+        self.peaks.push(start);
+        let built = self.build_resource_dir_uncached(path, file, entry);
+        let peak = self.peaks.pop().unwrap_or(start);
+        let files = self.src.stop_recording();
+        let sub_ra = built?;
+        self.cache.insert(
+            path,
+            CachedBuild {
+                resources: sub_ra.clone(),
+                files,
+                depth: peak - start,
+            },
+        );
+        Ok(sub_ra)
+    }
+
+    fn build_resource_dir_uncached(
+        &mut self,
+        path: &RelPath,
+        file: &RelPath,
+        entry: &str,
+    ) -> Result<Vec<Resource>, Error> {
+        let (sub_file, sub) = self.enter(path, file)?;
+        if sub.kind.as_deref() == Some("Component") {
+            return Err(Error::Invalid {
+                file: file.clone(),
+                message: format!("resource {entry:?} is a Component; list it under `components`"),
+            });
+        }
+        let mut sub_ra = Vec::new();
+        self.accumulate(path, &sub_file, &sub, &mut sub_ra)?;
+        self.stack.pop();
+        Ok(sub_ra)
+    }
+
     /// Enters the kustomization of directory `path` (cycle check), returning it.
     fn enter(
         &mut self,
@@ -388,6 +508,7 @@ impl Builder<'_, '_> {
         }
         let loaded = self.load(path)?;
         self.stack.push(path.clone());
+        self.note_depth(self.stack.len());
         Ok(loaded)
     }
 }
