@@ -26,7 +26,7 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 
 use anyhow::{Context, bail};
-use flotilla_render::{FsTree, Options, RelPath, Variables};
+use flotilla_render::{FsTree, Options, RelPath, Renderer, Variables};
 use serde_json::Value;
 
 /// The directory holding every fixture.
@@ -305,11 +305,13 @@ fn compare(want: &[Value], got: &[Value]) -> Option<String> {
 fn check(fixture: &Path) -> anyhow::Result<Option<String>> {
     let mut report = String::new();
     let tree = FsTree::new(fixture)?;
+    let mut wants = Vec::new();
     for path in build_paths(fixture)? {
         let shown = if path.is_empty() { "." } else { path.as_str() };
         let want =
             parse_stream(&kubectl_build(fixture, &path)?).context("parsing kubectl's output")?;
         let rel = RelPath::new(&path)?;
+        wants.push((rel.clone(), want.clone()));
         let got = match flotilla_render::render(&tree, &rel, &Variables::new(), &Options::default())
         {
             Ok(objects) => objects,
@@ -337,6 +339,30 @@ fn check(fixture: &Path) -> anyhow::Result<Option<String>> {
             }
             Err(e) => {
                 let _ = writeln!(report, "  {shown}: to_yaml output is not valid YAML: {e}");
+            }
+        }
+    }
+    // A `Renderer` reuses the builds of included kustomizations between renders: every build
+    // path of the fixture through one renderer, twice (the second time from its cache), must
+    // give kubectl's objects too.
+    let renderer = Renderer::new(&tree, Options::default());
+    for pass in ["first", "second"] {
+        for (rel, want) in &wants {
+            match renderer.render(rel, &Variables::new()) {
+                Ok(got) => {
+                    if let Some(r) = compare(want, &got) {
+                        let _ = writeln!(
+                            report,
+                            "  {rel}: shared Renderer ({pass} pass): objects differ from kubectl kustomize\n{r}"
+                        );
+                    }
+                }
+                Err(e) => {
+                    let _ = writeln!(
+                        report,
+                        "  {rel}: shared Renderer ({pass} pass): flotilla failed: {e}"
+                    );
+                }
             }
         }
     }

@@ -343,3 +343,67 @@ fn nesting_over_the_depth_limit_is_refused() {
         "a/b/kustomization.yaml: nesting deeper than the limit of 2"
     );
 }
+
+/// The error text of rendering `path` through `renderer` (which may reuse earlier builds).
+fn renderer_err(renderer: &flotilla_render::Renderer<FsTree>, path: &str) -> String {
+    match renderer.render(&RelPath::new(path).expect("rel path"), &Variables::new()) {
+        Ok(objects) => panic!("expected an error, got {} objects", objects.len()),
+        Err(e) => e.to_string(),
+    }
+}
+
+#[test]
+fn a_reused_base_still_counts_against_the_depth_limit() {
+    // `x` includes `b` at depth 2; `y` includes it at depth 3, one level too deep.
+    let dir = tree(&[
+        ("x/kustomization.yaml", "resources:\n  - ../b\n"),
+        ("y/kustomization.yaml", "resources:\n  - ../w\n"),
+        ("w/kustomization.yaml", "resources:\n  - ../b\n"),
+        ("b/kustomization.yaml", "resources:\n  - ../c\n"),
+        ("c/kustomization.yaml", "resources:\n  - cm.yaml\n"),
+        ("c/cm.yaml", CONFIGMAP),
+    ]);
+    let opts = Options {
+        max_depth: 3,
+        ..Options::default()
+    };
+    let renderer =
+        flotilla_render::Renderer::new(FsTree::new(dir.path()).expect("tree"), opts.clone());
+    let x = renderer
+        .render(&RelPath::new("x").expect("path"), &Variables::new())
+        .expect("x is within the limit");
+    assert_eq!(x.len(), 1);
+    let expected = "b/kustomization.yaml: nesting deeper than the limit of 3";
+    assert_eq!(render_err_with(dir.path(), "y", &opts), expected);
+    assert_eq!(renderer_err(&renderer, "y"), expected);
+}
+
+#[test]
+fn a_reused_base_still_counts_against_the_file_limit() {
+    // `o1` reads 4 files (its kustomization, the base's and two ConfigMaps), `o2` one more.
+    let cm = |name: &str| CONFIGMAP.replace("settings", name);
+    let (a, b, c) = (cm("a"), cm("b"), cm("c"));
+    let dir = tree(&[
+        ("o1/kustomization.yaml", "resources:\n  - ../base\n"),
+        ("o2/kustomization.yaml", "resources:\n  - ../base\n  - c.yaml\n"),
+        ("o2/c.yaml", &c),
+        ("base/kustomization.yaml", "resources:\n  - a.yaml\n  - b.yaml\n"),
+        ("base/a.yaml", &a),
+        ("base/b.yaml", &b),
+    ]);
+    let opts = Options {
+        max_files: 4,
+        ..Options::default()
+    };
+    let renderer =
+        flotilla_render::Renderer::new(FsTree::new(dir.path()).expect("tree"), opts.clone());
+    for _ in 0..2 {
+        let o1 = renderer
+            .render(&RelPath::new("o1").expect("path"), &Variables::new())
+            .expect("o1 reads 4 files");
+        assert_eq!(o1.len(), 2);
+    }
+    let expected = "o2/c.yaml: reading more than the limit of 4 files";
+    assert_eq!(render_err_with(dir.path(), "o2", &opts), expected);
+    assert_eq!(renderer_err(&renderer, "o2"), expected);
+}

@@ -9,7 +9,7 @@ use std::process::Command;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
-use flotilla_render::{FsTree, Options, RelPath, Variables};
+use flotilla_render::{FsTree, Options, RelPath, Renderer, Variables};
 use serde_json::Value;
 
 /// Arguments of `bench render`.
@@ -439,10 +439,19 @@ fn render_flotilla(tree: &FsTree, path: &str) -> Result<Vec<Value>> {
         .with_context(|| format!("flotilla render {path}"))
 }
 
+/// Renders every cluster with one [`Renderer`] over the tree, as the hub renders every cluster of
+/// one snapshot: shared bases are built once per call (a fresh renderer each time, so every
+/// measured round pays for them).
 fn render_all_flotilla(root: &Path, clusters: usize) -> Result<Vec<Vec<Value>>> {
     let tree = FsTree::new(root)?;
+    let renderer = Renderer::new(&tree, Options::default());
     (0..clusters)
-        .map(|i| render_flotilla(&tree, &format!("clusters/{}", cluster_name(i))))
+        .map(|i| {
+            let path = format!("clusters/{}", cluster_name(i));
+            renderer
+                .render(&RelPath::new(&path)?, &Variables::new())
+                .with_context(|| format!("flotilla render {path}"))
+        })
         .collect()
 }
 

@@ -257,11 +257,12 @@ impl Builder<'_, '_> {
                 context: "kustomization".into(),
             });
         }
-        let k: Kustomization =
-            serde_json::from_value(doc.value.clone()).map_err(|e| Error::Invalid {
+        let k = <Kustomization as serde::Deserialize>::deserialize(&doc.value).map_err(|e| {
+            Error::Invalid {
                 file: file.clone(),
                 message: format!("line {}: {e}", doc.line),
-            })?;
+            }
+        })?;
         if let Some(kind) = &k.kind
             && kind != "Kustomization"
             && kind != "Component"

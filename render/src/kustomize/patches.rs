@@ -23,7 +23,8 @@ mod engine {
     }
 
     pub(super) fn json6902(target: &mut Value, ops: &Value) -> Result<(), String> {
-        crate::patch::json6902(target, ops).map_err(|e| error_chain(&e))
+        // On error the render fails and `target` is dropped: no copy is needed to keep it.
+        crate::patch::json6902_in_place(target, ops).map_err(|e| error_chain(&e))
     }
 
     fn error_chain(e: &dyn std::error::Error) -> String {
@@ -471,23 +472,33 @@ pub(crate) fn select(file: &RelPath, t: &Selector, ra: &[Resource]) -> Result<Ve
     let annotations = parse_selector(file, "annotationSelector", &t.annotation_selector)?;
     let m = |re: &Option<Regex>, s: &str| re.as_ref().is_none_or(|r| r.is_match(s));
     let mut out = Vec::new();
+    // Cheap tests first, on borrowed strings; ids and label maps only when a selector needs them.
     for (i, r) in ra.iter().enumerate() {
-        let cur = r.cur_id();
-        let org = r.org_id();
-        if !m(&namespace, org.effective_namespace()) && !m(&namespace, cur.effective_namespace()) {
+        let api_version = super::resource::str_at(&r.obj, &["apiVersion"]);
+        let (g, v) = api_version.split_once('/').unwrap_or(("", api_version));
+        if !m(&kind, r.kind()) || !m(&group, g) || !m(&version, v) {
             continue;
         }
-        if !m(&name, &org.name) && !m(&name, &cur.name) {
+        if name.is_some() {
+            let org_name = r.prev.first().map_or(r.name(), |p| p.name.as_str());
+            if !m(&name, org_name) && !m(&name, r.name()) {
+                continue;
+            }
+        }
+        if namespace.is_some() {
+            let (cur, org) = (r.cur_id(), r.org_id());
+            if !m(&namespace, org.effective_namespace())
+                && !m(&namespace, cur.effective_namespace())
+            {
+                continue;
+            }
+        }
+        if !labels.is_empty() && !matches_selector(&labels, &r.string_map("labels")) {
             continue;
         }
-        let gvk = &cur.gvk;
-        if !m(&group, &gvk.group) || !m(&version, &gvk.version) || !m(&kind, &gvk.kind) {
-            continue;
-        }
-        if !matches_selector(&labels, &r.string_map("labels")) {
-            continue;
-        }
-        if !matches_selector(&annotations, &r.string_map("annotations")) {
+        if !annotations.is_empty()
+            && !matches_selector(&annotations, &r.string_map("annotations"))
+        {
             continue;
         }
         out.push(i);

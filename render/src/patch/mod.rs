@@ -158,3 +158,9 @@ pub fn json6902(target: &mut Value, ops: &Value) -> Result<(), Error> {
     *target = work;
     Ok(())
 }
+
+/// [`json6902`] without the copy that keeps `target` unchanged on error: for callers that
+/// discard `target` when the patch fails (a failed patch fails the whole render).
+pub(crate) fn json6902_in_place(target: &mut Value, ops: &Value) -> Result<(), Error> {
+    json6902::apply(target, ops)
+}
