@@ -10,6 +10,7 @@
 //! ```
 
 pub mod bench;
+pub mod fleet;
 pub mod controlplane;
 pub mod sim;
 

@@ -61,6 +61,10 @@ pub struct Args {
     #[arg(long = "server-name", env = "FLOTILLA_SERVER_NAME", default_values_t = ["localhost".to_string()])]
     pub server_names: Vec<String>,
 
+    /// Address of the HTTP listener: `/healthz`, `/readyz` and the Git webhook receiver.
+    #[arg(long, env = "FLOTILLA_HTTP_LISTEN", default_value = "0.0.0.0:8080")]
+    pub http_listen: SocketAddr,
+
     /// Where fetched repositories are cached.
     #[arg(
         long,
@@ -169,10 +173,27 @@ impl Args {
         );
         let running = tokio::spawn(controller.run(shutdown.clone()));
 
+        let http = TcpListener::bind(self.http_listen)
+            .await
+            .with_context(|| format!("binding the HTTP listener {}", self.http_listen))?;
+        info!(address = %http.local_addr()?, "serving HTTP");
+        let router = axum::Router::new()
+            .route("/healthz", axum::routing::get(|| async { "ok\n" }))
+            .route("/readyz", axum::routing::get(|| async { "ok\n" }));
+        let http_task = {
+            let stop = shutdown.clone();
+            tokio::spawn(async move {
+                axum::serve(http, router)
+                    .with_graceful_shutdown(stop.cancelled_owned())
+                    .await
+            })
+        };
+
         shutdown_signal().await;
         info!("hub stopping");
         shutdown.cancel();
         let _ = running.await;
+        let _ = http_task.await;
         serving.await.context("the delivery server task")??;
         info!("hub stopped");
         Ok(())

@@ -434,7 +434,7 @@ async fn start(name: &str, bin: &Path, owner: Option<ProcessRecord>) -> Result<S
             format!("--tls-private-key-file={}", s(&pki.server_key)),
             format!("--client-ca-file={}", s(&pki.ca_cert)),
             "--authorization-mode=RBAC".into(),
-            "--service-cluster-ip-range=10.0.0.0/24".into(),
+            "--service-cluster-ip-range=10.0.0.0/16".into(),
             format!("--service-account-issuer=https://127.0.0.1:{api_port}"),
             format!("--service-account-key-file={}", s(&pki.sa_pub)),
             format!("--service-account-signing-key-file={}", s(&pki.sa_key)),
