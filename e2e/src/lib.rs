@@ -10,8 +10,8 @@
 //! ```
 
 pub mod bench;
-pub mod fleet;
 pub mod controlplane;
+pub mod fleet;
 pub mod sim;
 
 pub use controlplane::TestCluster;
