@@ -26,48 +26,73 @@ fn set_suspend(docs: &mut [Value], delivery: &str, suspend: bool) {
 
 async fn replicas(fleet: &Fleet, workload: &str) -> Option<i32> {
     let client = fleet.workload(workload).cluster.client().await.ok()?;
-    let d = Api::<Deployment>::namespaced(client, "podinfo").get_opt("podinfo").await.ok()??;
+    let d = Api::<Deployment>::namespaced(client, "podinfo")
+        .get_opt("podinfo")
+        .await
+        .ok()??;
     d.spec?.replicas
 }
 
 #[tokio::test(flavor = "multi_thread")]
-async fn a_commit_reaches_every_cluster_and_a_broken_one_keeps_the_last_good_revision() -> Result<()> {
+async fn a_commit_reaches_every_cluster_and_a_broken_one_keeps_the_last_good_revision() -> Result<()>
+{
     if skip_unless_e2e() {
         return Ok(());
     }
     let fleet = Fleet::start(
         "fleet",
-        &[WorkloadSpec::example("workload-1", "eu"), WorkloadSpec::example("workload-2", "us")],
+        &[
+            WorkloadSpec::example("workload-1", "eu"),
+            WorkloadSpec::example("workload-2", "us"),
+        ],
         &[],
     )
     .await?;
     // The infrastructure starts suspended: apps must wait for it on each cluster (dependsOn).
-    fleet.apply_example(|docs| set_suspend(docs, "infrastructure", true)).await?;
+    fleet
+        .apply_example(|docs| set_suspend(docs, "infrastructure", true))
+        .await?;
     let first = fleet.repo.head()?;
 
     let apps = eventually("apps waiting on infrastructure", WAIT, || async {
         let d = fleet.delivery("fleet", "apps").await.ok()?;
         let s = d.status?;
         (s.clusters.len() == 2
-            && s.clusters.iter().all(|c| c.reason == "DependencyNotReady" && c.sequence == 0))
+            && s.clusters
+                .iter()
+                .all(|c| c.reason == "DependencyNotReady" && c.sequence == 0))
         .then_some(s)
     })
     .await
     .context("apps should wait for infrastructure")?;
-    assert!(apps.clusters[0].message.contains("infrastructure"), "{:?}", apps.clusters[0]);
+    assert!(
+        apps.clusters[0].message.contains("infrastructure"),
+        "{:?}",
+        apps.clusters[0]
+    );
     for w in ["workload-1", "workload-2"] {
-        assert_eq!(replicas(&fleet, w).await, None, "{w} got apps before its infrastructure");
+        assert_eq!(
+            replicas(&fleet, w).await,
+            None,
+            "{w} got apps before its infrastructure"
+        );
     }
 
-    fleet.apply_example(|docs| set_suspend(docs, "infrastructure", false)).await?;
-    fleet.wait_ready_at("fleet", "infrastructure", &first, WAIT).await?;
+    fleet
+        .apply_example(|docs| set_suspend(docs, "infrastructure", false))
+        .await?;
+    fleet
+        .wait_ready_at("fleet", "infrastructure", &first, WAIT)
+        .await?;
     fleet.wait_ready_at("fleet", "apps", &first, WAIT).await?;
     // Per-cluster differences: staging has 1 replica, production 2; variables substituted.
     assert_eq!(replicas(&fleet, "workload-1").await, Some(1));
     assert_eq!(replicas(&fleet, "workload-2").await, Some(2));
     for (w, region) in [("workload-1", "eu"), ("workload-2", "us")] {
         let client = fleet.workload(w).cluster.client().await?;
-        let info = Api::<ConfigMap>::namespaced(client, "kube-public").get("cluster-info").await?;
+        let info = Api::<ConfigMap>::namespaced(client, "kube-public")
+            .get("cluster-info")
+            .await?;
         let data = info.data.unwrap_or_default();
         assert_eq!(data.get("name").map(String::as_str), Some(w));
         assert_eq!(data.get("region").map(String::as_str), Some(region));
@@ -99,22 +124,49 @@ async fn a_commit_reaches_every_cluster_and_a_broken_one_keeps_the_last_good_rev
     )?;
     let failed = eventually("apps BuildFailed", WAIT, || async {
         let d = fleet.delivery("fleet", "apps").await.ok()?;
-        let ready = d.status?.conditions.into_iter().find(|c| c.type_ == "Ready")?;
+        let ready = d
+            .status?
+            .conditions
+            .into_iter()
+            .find(|c| c.type_ == "Ready")?;
         (ready.reason == "BuildFailed").then_some(ready)
     })
     .await
-    .with_context(|| tail(&fleet.hub.as_ref().map(|h| h.log_text()).unwrap_or_default(), 40))?;
-    assert!(failed.message.contains("apps/base/deployment.yaml"), "{}", failed.message);
+    .with_context(|| {
+        tail(
+            &fleet.hub.as_ref().map(|h| h.log_text()).unwrap_or_default(),
+            40,
+        )
+    })?;
+    assert!(
+        failed.message.contains("apps/base/deployment.yaml"),
+        "{}",
+        failed.message
+    );
     assert!(failed.message.contains("line"), "{}", failed.message);
-    assert!(failed.message.contains(&broken[..12]), "names the broken revision: {}", failed.message);
-    assert_eq!(replicas(&fleet, "workload-2").await, Some(3), "the last good revision stays");
+    assert!(
+        failed.message.contains(&broken[..12]),
+        "names the broken revision: {}",
+        failed.message
+    );
+    assert_eq!(
+        replicas(&fleet, "workload-2").await,
+        Some(3),
+        "the last good revision stays"
+    );
 
     // The fix recovers.
-    let fixed = fleet.repo.commit_file("apps/base/deployment.yaml", &deployment, "fix the deployment")?;
+    let fixed = fleet.repo.commit_file(
+        "apps/base/deployment.yaml",
+        &deployment,
+        "fix the deployment",
+    )?;
     fleet.wait_ready_at("fleet", "apps", &fixed, WAIT).await?;
 
     // Suspend holds a change; resume lets it through.
-    fleet.apply_example(|docs| set_suspend(docs, "apps", true)).await?;
+    fleet
+        .apply_example(|docs| set_suspend(docs, "apps", true))
+        .await?;
     let held = fleet.repo.commit_file(
         "apps/production/kustomization.yaml",
         &prod.replace("count: 2", "count: 4"),
@@ -122,13 +174,22 @@ async fn a_commit_reaches_every_cluster_and_a_broken_one_keeps_the_last_good_rev
     )?;
     eventually("the source at the held commit", WAIT, || async {
         let client = fleet.mgmt.client().await.ok()?;
-        let gs = Api::<flotilla_hub::api::GitSource>::namespaced(client, "fleet").get("fleet").await.ok()?;
+        let gs = Api::<flotilla_hub::api::GitSource>::namespaced(client, "fleet")
+            .get("fleet")
+            .await
+            .ok()?;
         gs.status?.artifact?.revision.ends_with(&held).then_some(())
     })
     .await?;
     tokio::time::sleep(Duration::from_secs(3)).await;
-    assert_eq!(replicas(&fleet, "workload-2").await, Some(3), "suspended: held back");
-    fleet.apply_example(|docs| set_suspend(docs, "apps", false)).await?;
+    assert_eq!(
+        replicas(&fleet, "workload-2").await,
+        Some(3),
+        "suspended: held back"
+    );
+    fleet
+        .apply_example(|docs| set_suspend(docs, "apps", false))
+        .await?;
     fleet.wait_ready_at("fleet", "apps", &held, WAIT).await?;
     assert_eq!(replicas(&fleet, "workload-2").await, Some(4));
     Ok(())

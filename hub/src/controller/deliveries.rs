@@ -661,7 +661,7 @@ impl Deliveries {
                 .or_default()
                 .push(ClusterDeliveryStatus {
                     name: name.clone(),
-                    revision: applied.or_else(|| published.map(|p| p.effective_revision.clone())),
+                    revision: applied,
                     desired_revision: snapshot.as_ref().map(Snapshot::revision),
                     sequence: published.map(|p| p.sequence).unwrap_or(0),
                     ready: view.ready,
