@@ -13,11 +13,15 @@
 //! signed by a key it already trusts.
 
 pub mod canonical;
+pub mod options;
 
 use std::collections::BTreeMap;
 
 use bytes::Bytes;
 pub use canonical::Digest;
+pub use options::{
+    ConflictPolicy, DeliveryOptions, DriftMode, IgnoreRule, Payload, decode_payload, encode_payload,
+};
 use ed25519_dalek::{Signer as _, Verifier as _};
 
 /// Errors of sealing and verifying bundles and key sets.
@@ -246,7 +250,7 @@ pub struct SignedBundle {
     pub header: Header,
     /// The hub's signature over the header.
     pub signature: Signature,
-    /// The canonical JSON array of objects.
+    /// The canonical payload (see [`options::encode_payload`]).
     pub payload: Bytes,
 }
 

@@ -6,7 +6,7 @@
 
 use bytes::Bytes;
 use flotilla_bundle::{
-    BundleMeta, KeyId, KeySet, PublicKey, SignedBundle, SignedKeySet, SigningKey, canonical,
+    BundleMeta, DeliveryOptions, KeyId, KeySet, PublicKey, SignedBundle, SignedKeySet, SigningKey,
 };
 use serde_json::Value;
 
@@ -30,9 +30,10 @@ pub enum Error {
 /// A convenient result type for this module.
 pub type Result<T, E = Error> = std::result::Result<T, E>;
 
-/// Encodes a rendered object set canonically.
-pub fn encode(objects: &[Value]) -> Bytes {
-    Bytes::from(canonical::encode_objects(objects))
+/// Encodes a rendered object set and its delivery options as the canonical bundle payload
+/// `{"objects":[...],"options":{...}}`.
+pub fn encode(objects: &[Value], options: &DeliveryOptions) -> Bytes {
+    flotilla_bundle::encode_payload(objects, options)
 }
 
 /// The hub's signing keys: the active one and the ones agents are told to trust.
