@@ -279,7 +279,11 @@ impl Applier {
         let mut body = obj.clone();
         body["metadata"]["labels"][DELIVERY_LABEL] = Value::String(opts.delivery.clone());
         if known_rv.is_some() {
-            for rule in opts.ignore.iter().filter(|rule| rule.matches(&r.kind, &r.namespace, &r.name)) {
+            for rule in opts
+                .ignore
+                .iter()
+                .filter(|rule| rule.matches(&r.kind, &r.namespace, &r.name))
+            {
                 for p in &rule.paths {
                     remove_pointer(&mut body, p);
                 }

@@ -404,10 +404,8 @@ async fn register(
                 warn!(hub = %endpoint.url, error = %crate::apply::error_chain(&e), "cannot register with the hub yet; retrying");
             }
             Err(e) => {
-                return Err(anyhow::Error::new(e).context(format!(
-                    "registering with the hub at {}",
-                    endpoint.url
-                )));
+                return Err(anyhow::Error::new(e)
+                    .context(format!("registering with the hub at {}", endpoint.url)));
             }
         }
         attempt += 1;
@@ -431,7 +429,10 @@ fn host_of(url: &str) -> anyhow::Result<String> {
     let host = uri
         .host()
         .with_context(|| format!("--hub {url:?} names no host"))?;
-    Ok(host.trim_start_matches('[').trim_end_matches(']').to_owned())
+    Ok(host
+        .trim_start_matches('[')
+        .trim_end_matches(']')
+        .to_owned())
 }
 
 impl ClusterArgs {

@@ -118,7 +118,9 @@ impl Identity {
             problem: problem.to_owned(),
         };
         let text = |field: &'static str| -> Result<String> {
-            let bytes = data.get(field).ok_or_else(|| corrupt(field, "is missing"))?;
+            let bytes = data
+                .get(field)
+                .ok_or_else(|| corrupt(field, "is missing"))?;
             String::from_utf8(bytes.clone()).map_err(|_| corrupt(field, "is not UTF-8"))
         };
         let key_pem = text("tls.key")?;
@@ -256,8 +258,14 @@ mod tests {
         let data = identity.to_data();
         let back = Identity::from_data("flotilla-system", &data).unwrap();
         assert_eq!(back.snapshot.cluster, "eu-1");
-        assert_eq!(back.snapshot.identity.cert_der, identity.snapshot.identity.cert_der);
-        assert_eq!(back.snapshot.identity.key_pem, identity.snapshot.identity.key_pem);
+        assert_eq!(
+            back.snapshot.identity.cert_der,
+            identity.snapshot.identity.cert_der
+        );
+        assert_eq!(
+            back.snapshot.identity.key_pem,
+            identity.snapshot.identity.key_pem
+        );
         assert_eq!(back.snapshot.trusted, identity.snapshot.trusted);
         assert_eq!(back.snapshot.held, identity.snapshot.held);
         assert_eq!(back.to_data(), data);

@@ -11,19 +11,17 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use dashmap::DashMap;
+use flotilla_bundle::TrustedKeys;
 use futures::StreamExt as _;
 use kube::api::DynamicObject;
 use kube::core::{GroupVersionKind, PartialObjectMeta};
 use kube::runtime::watcher;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
-use flotilla_bundle::TrustedKeys;
 use tokio::sync::{broadcast, mpsc, watch};
 use tracing::{info, warn};
 
-use crate::apply::{
-    Action, Applier, ApplyOptions, ConflictPolicy, FIELD_MANAGER, ObjectResult,
-};
+use crate::apply::{Action, Applier, ApplyOptions, ConflictPolicy, FIELD_MANAGER, ObjectResult};
 use crate::drift::{self, DriftEvent, DriftKind, DriftMode};
 use crate::health::{self, HealthReport};
 use crate::inventory::{self, InventoryStore};

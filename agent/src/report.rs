@@ -196,7 +196,11 @@ impl Reporter {
 
     /// Runs until `shutdown`. `progress` is the agent's: a new session queues a report for every
     /// delivery.
-    pub async fn run(mut self, mut progress: watch::Receiver<Progress>, shutdown: CancellationToken) {
+    pub async fn run(
+        mut self,
+        mut progress: watch::Receiver<Progress>,
+        shutdown: CancellationToken,
+    ) {
         let mut applied = self.reconciler.applied();
         let mut drift = self.reconciler.subscribe();
         let mut sessions = progress.borrow_and_update().sessions;
@@ -291,7 +295,9 @@ impl Reporter {
             .deliveries
             .iter()
             .filter(|(_, t)| {
-                t.state.as_ref().is_some_and(|s| s.status == Status::Applied)
+                t.state
+                    .as_ref()
+                    .is_some_and(|s| s.status == Status::Applied)
                     && t.next_health.is_some_and(|n| n <= now)
             })
             .map(|(d, _)| d.clone())
@@ -399,7 +405,10 @@ mod tests {
             ..HealthReport::default()
         });
         let r = compose("apps", &t).unwrap();
-        assert_eq!((r.health, r.sequence, r.inventory_objects), (Health::Healthy, 7, 2));
+        assert_eq!(
+            (r.health, r.sequence, r.inventory_objects),
+            (Health::Healthy, 7, 2)
+        );
         assert_eq!(r.message, "revision main@1: 2 objects applied and ready");
 
         t.state = Some(state(Status::ApplyFailed));
@@ -436,8 +445,9 @@ mod tests {
         let r = compose("apps", &t).unwrap();
         assert_eq!(r.drifted_objects, 0);
         assert!(
-            r.message
-                .ends_with("ConfigMap/apps/cfg drifted (data.colour changed by kubectl-edit): corrected"),
+            r.message.ends_with(
+                "ConfigMap/apps/cfg drifted (data.colour changed by kubectl-edit): corrected"
+            ),
             "{}",
             r.message
         );

@@ -381,7 +381,9 @@ mod tests {
         };
         let json = encode(&StoredBundle::Operator(desired.clone()));
         assert!(String::from_utf8_lossy(&json).starts_with("{\"operator\":"));
-        assert!(matches!(decode(&json).unwrap(), StoredBundle::Operator(d) if d.delivery == "local"));
+        assert!(
+            matches!(decode(&json).unwrap(), StoredBundle::Operator(d) if d.delivery == "local")
+        );
         let legacy = serde_json::to_vec(&desired).unwrap();
         assert!(matches!(decode(&legacy).unwrap(), StoredBundle::Operator(d) if d.sequence == 1));
         assert!(decode(b"{\"signed\": {\"cluster\": 1}}").is_err());

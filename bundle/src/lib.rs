@@ -19,10 +19,10 @@ use std::collections::BTreeMap;
 
 use bytes::Bytes;
 pub use canonical::Digest;
+use ed25519_dalek::{Signer as _, Verifier as _};
 pub use options::{
     ConflictPolicy, DeliveryOptions, DriftMode, IgnoreRule, Payload, decode_payload, encode_payload,
 };
-use ed25519_dalek::{Signer as _, Verifier as _};
 
 /// Errors of sealing and verifying bundles and key sets.
 #[derive(Debug, thiserror::Error)]

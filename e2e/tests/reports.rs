@@ -53,9 +53,10 @@ async fn connection_acks_and_reports_reach_the_hub_state_and_its_change_stream()
         let (agent, stop) = (agent.clone(), stop.clone());
         async move { agent.run(stop).await }
     });
-    next_change(&mut changes, |c| {
-        matches!(c, Change::Connected { cluster } if cluster == "eu-1")
-    })
+    next_change(
+        &mut changes,
+        |c| matches!(c, Change::Connected { cluster } if cluster == "eu-1"),
+    )
     .await?;
     let info = hub.hub.agent_info("eu-1").context("agent info")?;
     assert!(info.connected);
@@ -74,9 +75,9 @@ async fn connection_acks_and_reports_reach_the_hub_state_and_its_change_stream()
             namespace: String::new(),
         }],
     };
-    let seq = hub
-        .hub
-        .publish_with_options("eu-1", "apps", "r1", &objects("eu-1", "r1", 3), &options)?;
+    let seq =
+        hub.hub
+            .publish_with_options("eu-1", "apps", "r1", &objects("eu-1", "r1", 3), &options)?;
     next_change(&mut changes, |c| {
         matches!(c, Change::Acked { cluster, delivery } if cluster == "eu-1" && delivery == "apps")
     })
@@ -116,9 +117,10 @@ async fn connection_acks_and_reports_reach_the_hub_state_and_its_change_stream()
     // A lagged subscriber recovers from the state: it is all still there.
     stop.cancel();
     task.await??;
-    next_change(&mut changes, |c| {
-        matches!(c, Change::Disconnected { cluster } if cluster == "eu-1")
-    })
+    next_change(
+        &mut changes,
+        |c| matches!(c, Change::Disconnected { cluster } if cluster == "eu-1"),
+    )
     .await?;
     let info = hub.hub.agent_info("eu-1").context("info")?;
     assert!(!info.connected);

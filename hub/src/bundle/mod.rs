@@ -30,9 +30,15 @@ pub enum Error {
 /// A convenient result type for this module.
 pub type Result<T, E = Error> = std::result::Result<T, E>;
 
+/// Encodes a rendered object set with default delivery options as the canonical bundle
+/// payload `{"objects":[...],"options":{...}}` (what [`crate::delivery::Hub::publish`] seals).
+pub fn encode(objects: &[Value]) -> Bytes {
+    encode_with_options(objects, &DeliveryOptions::default())
+}
+
 /// Encodes a rendered object set and its delivery options as the canonical bundle payload
-/// `{"objects":[...],"options":{...}}`.
-pub fn encode(objects: &[Value], options: &DeliveryOptions) -> Bytes {
+/// (what [`crate::delivery::Hub::publish_with_options`] seals).
+pub fn encode_with_options(objects: &[Value], options: &DeliveryOptions) -> Bytes {
     flotilla_bundle::encode_payload(objects, options)
 }
 

@@ -347,7 +347,7 @@ impl Hub {
             cluster,
             delivery,
             revision,
-            crate::bundle::encode(objects, options),
+            crate::bundle::encode_with_options(objects, options),
         )
     }
 
