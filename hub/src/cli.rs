@@ -14,6 +14,9 @@ pub struct Args {
     pub command: Command,
 
     #[command(flatten)]
+    pub hub: crate::cli_cluster::HubArgs,
+
+    #[command(flatten)]
     pub log: flotilla_telemetry::LogArgs,
 }
 
@@ -28,6 +31,14 @@ pub enum Command {
     /// output as `kubectl kustomize`); any other directory is read as plain YAML. `--var`
     /// values are substituted into `${var}` references after the build.
     Render(RenderArgs),
+    /// Register, accept, revoke or remove workload clusters.
+    #[command(subcommand)]
+    Cluster(crate::cli_cluster::ClusterCommand),
+    /// Ask the hub to fetch a source or re-deliver a delivery now.
+    #[command(subcommand)]
+    Reconcile(crate::cli_cluster::ReconcileCommand),
+    /// Print the CustomResourceDefinitions of the hub's API (`flotilla.dev/v1alpha1`) as YAML.
+    Crds,
 }
 
 /// Arguments of `flotilla render`.
@@ -80,6 +91,11 @@ impl Args {
                     p.minor
                 )?;
             }
+            Command::Cluster(cmd) => crate::cli_cluster::cluster(&self.hub, cmd, &mut out).await?,
+            Command::Reconcile(cmd) => {
+                crate::cli_cluster::reconcile(&self.hub, cmd, &mut out).await?
+            }
+            Command::Crds => out.write_all(crate::api::crds_yaml().as_bytes())?,
             Command::Render(args) => match args.render() {
                 Ok(yaml) => out.write_all(yaml.as_bytes())?,
                 Err(e) => {

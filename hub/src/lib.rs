@@ -4,12 +4,16 @@
 //! streams it to the agents. See `ARCHITECTURE.md` for the code map; each stage of the data flow
 //! is one module here.
 
+pub mod api;
 pub mod bundle;
 pub mod cli;
+pub mod cli_cluster;
+pub mod controller;
 pub mod delivery;
 pub mod fleet;
 pub mod server;
 pub mod source;
+pub mod state;
 
 /// The version of this build, as printed by `--version`.
 pub const VERSION: &str = env!("CARGO_PKG_VERSION");

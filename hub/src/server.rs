@@ -1,15 +1,32 @@
-//! The `flotilla-hub` process: connects to the management cluster and runs until told to stop.
+//! The `flotilla-hub` process: loads its identity from the management cluster, serves
+//! registration and delivery to agents, and runs the controller.
 
+use std::net::SocketAddr;
 use std::path::PathBuf;
+use std::sync::Arc;
 
 use anyhow::Context as _;
 use clap::Parser;
+use k8s_openapi::api::core::v1::Namespace;
+use kube::Api;
+use kube::api::{Patch, PatchParams};
+use serde_json::json;
+use tokio::net::TcpListener;
+use tokio::sync::Notify;
+use tokio_util::sync::CancellationToken;
 use tracing::info;
+
+use crate::controller::{self, Controller, Stores};
+use crate::delivery::{self, Hub};
+use crate::fleet::{FIELD_MANAGER, KubeRegistry};
+use crate::source::GitCache;
 
 /// Runs the flotilla hub in a management cluster.
 ///
-/// The hub reads its configuration from custom resources in the management cluster and keeps
-/// every registered workload cluster's agent supplied with signed bundles.
+/// The hub reads `GitSource`, `Cluster` and `Delivery` resources from the management cluster,
+/// renders each delivery for each targeted cluster, and keeps every accepted cluster's agent
+/// supplied with signed bundles over mTLS; it writes what the agents report into the resources'
+/// status.
 #[derive(Debug, Parser)]
 #[command(name = "flotilla-hub", version, about, long_about)]
 pub struct Args {
@@ -17,6 +34,40 @@ pub struct Args {
     /// in-cluster service account.
     #[arg(long, env = "FLOTILLA_KUBECONFIG")]
     pub kubeconfig: Option<PathBuf>,
+
+    /// The hub's own namespace: its CA, signing key, bootstrap tokens and the `flotilla-hub`
+    /// ConfigMap live there. Created if missing.
+    #[arg(long, env = "FLOTILLA_NAMESPACE", default_value = "flotilla-system")]
+    pub namespace: String,
+
+    /// Watch `GitSource` and `Delivery` resources only in this namespace (default: all).
+    #[arg(long, env = "FLOTILLA_WATCH_NAMESPACE")]
+    pub watch_namespace: Option<String>,
+
+    /// Address of the registration listener (TLS; agents present a bootstrap token).
+    #[arg(
+        long,
+        env = "FLOTILLA_REGISTRATION_LISTEN",
+        default_value = "0.0.0.0:7441"
+    )]
+    pub registration_listen: SocketAddr,
+
+    /// Address of the delivery listener (mTLS; agents present their client certificate).
+    #[arg(long, env = "FLOTILLA_DELIVERY_LISTEN", default_value = "0.0.0.0:7443")]
+    pub delivery_listen: SocketAddr,
+
+    /// The host name or IP address agents dial; it goes into the server certificate and the
+    /// `flotilla-hub` ConfigMap (repeat for several names; the first is advertised).
+    #[arg(long = "server-name", env = "FLOTILLA_SERVER_NAME", default_values_t = ["localhost".to_string()])]
+    pub server_names: Vec<String>,
+
+    /// Where fetched repositories are cached.
+    #[arg(
+        long,
+        env = "FLOTILLA_CACHE_DIR",
+        default_value = "/var/cache/flotilla"
+    )]
+    pub cache_dir: PathBuf,
 
     #[command(flatten)]
     pub log: flotilla_telemetry::LogArgs,
@@ -31,8 +82,98 @@ impl Args {
             .apiserver_version()
             .await
             .context("reaching the management cluster's API server")?;
-        info!(version = %crate::VERSION, kubernetes = %version.git_version, "hub started");
+        info!(version = %crate::VERSION, kubernetes = %version.git_version, "hub starting");
+        let ns =
+            json!({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": self.namespace}});
+        Api::<Namespace>::all(client.clone())
+            .patch(
+                &self.namespace,
+                &PatchParams::apply(FIELD_MANAGER),
+                &Patch::Apply(&ns),
+            )
+            .await
+            .with_context(|| format!("creating the hub's namespace {}", self.namespace))?;
+
+        let ca = crate::state::load_or_create_ca(&client, &self.namespace).await?;
+        let signing_key =
+            crate::state::load_or_create_signing_key(&client, &self.namespace).await?;
+
+        let shutdown = CancellationToken::new();
+        let trigger = Arc::new(Notify::new());
+        let stores = Stores::start(
+            &client,
+            self.watch_namespace.as_deref(),
+            trigger.clone(),
+            shutdown.clone(),
+        );
+        let registry = Arc::new(KubeRegistry::new(
+            client.clone(),
+            self.namespace.clone(),
+            stores.clusters.clone(),
+        ));
+        let mut server_names = self.server_names.clone();
+        for n in ["localhost", "127.0.0.1"] {
+            if !server_names.iter().any(|s| s == n) {
+                server_names.push(n.to_owned());
+            }
+        }
+        let hub = Hub::new(
+            registry.clone(),
+            Arc::new(ca),
+            signing_key,
+            delivery::Config {
+                server_names,
+                ..delivery::Config::default()
+            },
+        )?;
+
+        let reg = TcpListener::bind(self.registration_listen)
+            .await
+            .with_context(|| {
+                format!(
+                    "binding the registration listener {}",
+                    self.registration_listen
+                )
+            })?;
+        let del = TcpListener::bind(self.delivery_listen)
+            .await
+            .with_context(|| format!("binding the delivery listener {}", self.delivery_listen))?;
+        let advertised = self
+            .server_names
+            .first()
+            .cloned()
+            .unwrap_or_else(|| "localhost".into());
+        let reg_url = format!("https://{advertised}:{}", reg.local_addr()?.port());
+        let del_url = format!("https://{advertised}:{}", del.local_addr()?.port());
+        crate::state::publish_hub_info(&client, &self.namespace, hub.ca_pem(), &reg_url, &del_url)
+            .await?;
+        info!(registration = %reg_url, delivery = %del_url, "serving agents");
+        let serving = {
+            let hub = hub.clone();
+            let stop = shutdown.clone();
+            tokio::spawn(async move { hub.serve(reg, del, stop.cancelled_owned()).await })
+        };
+
+        std::fs::create_dir_all(&self.cache_dir).with_context(|| {
+            format!("creating the cache directory {}", self.cache_dir.display())
+        })?;
+        let cache = Arc::new(GitCache::new(&self.cache_dir)?);
+        let controller = Controller::new(
+            client,
+            stores,
+            registry,
+            hub,
+            cache,
+            trigger,
+            controller::Config::default(),
+        );
+        let running = tokio::spawn(controller.run(shutdown.clone()));
+
         shutdown_signal().await;
+        info!("hub stopping");
+        shutdown.cancel();
+        let _ = running.await;
+        serving.await.context("the delivery server task")??;
         info!("hub stopped");
         Ok(())
     }

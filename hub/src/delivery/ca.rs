@@ -105,6 +105,7 @@ impl std::fmt::Debug for PemIdentity {
 /// The hub CA.
 pub struct HubCa {
     issuer: Issuer<'static, KeyPair>,
+    key_pem: String,
     cert_der: CertificateDer<'static>,
     cert_pem: String,
 }
@@ -152,8 +153,37 @@ impl HubCa {
         Ok(Self {
             cert_pem: cert.pem(),
             cert_der: cert.der().clone(),
+            key_pem: key.serialize_pem(),
             issuer: Issuer::new(params, key),
         })
+    }
+
+    /// The CA kept earlier with [`HubCa::cert_pem`] and [`HubCa::key_pem`] (e.g. in a Secret),
+    /// so agents registered before a hub restart stay trusted.
+    pub fn from_pem(cert_pem: &str, key_pem: &str) -> Result<Self> {
+        let load = |source| Error::Issue {
+            subject: "the stored hub CA".into(),
+            source,
+        };
+        let key = KeyPair::from_pem(key_pem).map_err(load)?;
+        let cert_der = {
+            use rustls_pki_types::pem::PemObject as _;
+            CertificateDer::from_pem_slice(cert_pem.as_bytes())
+                .map_err(|_| Error::BadCertificate)?
+                .into_owned()
+        };
+        let issuer = Issuer::from_ca_cert_der(&cert_der, key).map_err(load)?;
+        Ok(Self {
+            issuer,
+            key_pem: key_pem.to_owned(),
+            cert_der,
+            cert_pem: cert_pem.to_owned(),
+        })
+    }
+
+    /// The CA's private key, PEM, for keeping it in a Secret. Never log it.
+    pub fn key_pem(&self) -> &str {
+        &self.key_pem
     }
 
     /// The CA certificate, PEM: what agents and the hub trust.

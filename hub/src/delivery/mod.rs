@@ -45,7 +45,7 @@ use tracing::{info, warn};
 
 use crate::bundle::KeyRing;
 use crate::fleet::{ClusterState, Event, Registry};
-pub use ca::HubCa;
+pub use ca::{HubCa, validate_cluster_id};
 pub use flotilla_bundle::DeliveryOptions;
 use stream::AgentConn;
 
@@ -375,6 +375,45 @@ impl Hub {
             *last = (*last + 1).max(unix_millis());
             *last
         };
+        self.seal_and_offer(cluster, delivery, revision, payload, sequence);
+        Ok(sequence)
+    }
+
+    /// After a hub restart: re-seals a payload the cluster was already sent, under the sequence
+    /// it was sent with, so an agent that holds it is not sent it again (its `Hello` names that
+    /// sequence) while one that does not still gets it. Later publishes get higher sequences.
+    pub fn restore_encoded(
+        &self,
+        cluster: &str,
+        delivery: &str,
+        revision: &str,
+        payload: Bytes,
+        sequence: u64,
+    ) -> Result<()> {
+        ca::validate_cluster_id(cluster).map_err(|source| Error::Cluster {
+            cluster: cluster.to_owned(),
+            source,
+        })?;
+        {
+            let mut last = self
+                .inner
+                .sequences
+                .entry((cluster.to_owned(), delivery.to_owned()))
+                .or_insert(0);
+            *last = (*last).max(sequence);
+        }
+        self.seal_and_offer(cluster, delivery, revision, payload, sequence);
+        Ok(())
+    }
+
+    fn seal_and_offer(
+        &self,
+        cluster: &str,
+        delivery: &str,
+        revision: &str,
+        payload: Bytes,
+        sequence: u64,
+    ) {
         let meta = BundleMeta {
             cluster: cluster.to_owned(),
             delivery: delivery.to_owned(),
@@ -396,7 +435,6 @@ impl Hub {
         if let Some(conn) = self.inner.agents.get(cluster) {
             conn.offer_bundle(bundle);
         }
-        Ok(sequence)
     }
 
     /// The latest signed bundle for (cluster, delivery).

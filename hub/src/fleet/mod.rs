@@ -5,6 +5,13 @@
 //! where it is kept. [`MemoryRegistry`] keeps it in memory; the durable implementation keeps it in
 //! `Cluster` custom resources and Secrets on the management cluster.
 
+mod kube_registry;
+
+pub use self::kube_registry::{
+    CLUSTER_LABEL, FIELD_MANAGER, KubeRegistry, TOKEN_SECRET_TYPE, USED_ANNOTATION, cluster_state,
+    create_token, token_secret_name,
+};
+
 use std::collections::HashMap;
 use std::sync::Mutex;
 use std::time::{Duration, SystemTime};
@@ -43,6 +50,15 @@ pub enum Error {
     UnknownCluster {
         /// The cluster.
         cluster: String,
+    },
+    /// The management cluster's API refused or failed a request.
+    #[error("{what}")]
+    Store {
+        /// What was being done.
+        what: String,
+        /// The API error.
+        #[source]
+        source: kube::Error,
     },
     /// The operating system's random number generator failed.
     #[error("generating a bootstrap token")]

@@ -1,0 +1,267 @@
+//! The hub as a Kubernetes controller: it watches `GitSource`, `Cluster` and `Delivery`
+//! resources in the management cluster, keeps a poller per source, renders each delivery for
+//! each targeted cluster, publishes signed bundles through [`crate::delivery::Hub`], and writes
+//! what the agents report back into the resources' status.
+//!
+//! One reconcile pass looks at everything; passes run when anything changes (a watched resource,
+//! a fetched revision, an agent's ack or report) — debounced, so a burst of agent reports makes
+//! one pass — and at least once a second for timeouts. A pass renders only what changed (by a
+//! hash of the render inputs), publishes only what differs (by a digest of the output), and
+//! writes a status only when it differs from the one stored, so thousands of agents reporting do
+//! not flood the API server.
+//!
+//! The management cluster is the only durable store. After a restart the hub reads each
+//! delivery's per-cluster sequence and digest back from its status; an unchanged render is
+//! re-sealed under the same sequence ([`crate::delivery::Hub::restore_encoded`]), so agents are
+//! not sent again what they already hold.
+
+mod deliveries;
+mod observed;
+mod sources;
+pub mod util;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures::StreamExt as _;
+use kube::runtime::reflector::{self, Store};
+use kube::runtime::{WatchStreamExt as _, watcher};
+use kube::{Api, Client, ResourceExt as _};
+use serde::de::DeserializeOwned;
+use serde_json::json;
+use tokio::sync::Notify;
+use tokio_util::sync::CancellationToken;
+use tracing::{debug, info, warn};
+
+use crate::api::{Cluster, Delivery, GitSource};
+use crate::delivery::Hub;
+use crate::fleet::KubeRegistry;
+use crate::source::GitCache;
+
+pub use deliveries::Deliveries;
+pub use sources::Sources;
+
+/// The reflector caches of the hub's resources.
+#[derive(Clone, Debug)]
+pub struct Stores {
+    /// Every `GitSource` watched.
+    pub sources: Store<GitSource>,
+    /// Every `Cluster`.
+    pub clusters: Store<Cluster>,
+    /// Every `Delivery` watched.
+    pub deliveries: Store<Delivery>,
+}
+
+impl Stores {
+    /// Starts watching (Clusters everywhere; sources and deliveries in `namespace`, or in all
+    /// namespaces when `None`). Every change wakes `trigger`.
+    pub fn start(
+        client: &Client,
+        namespace: Option<&str>,
+        trigger: Arc<Notify>,
+        shutdown: CancellationToken,
+    ) -> Self {
+        fn scoped<K>(client: &Client, ns: Option<&str>) -> Api<K>
+        where
+            K: kube::Resource<Scope = kube::core::NamespaceResourceScope>,
+            K::DynamicType: Default,
+        {
+            match ns {
+                Some(ns) => Api::namespaced(client.clone(), ns),
+                None => Api::all(client.clone()),
+            }
+        }
+        Self {
+            sources: watch(scoped(client, namespace), trigger.clone(), shutdown.clone()),
+            clusters: watch(Api::all(client.clone()), trigger.clone(), shutdown.clone()),
+            deliveries: watch(scoped(client, namespace), trigger, shutdown),
+        }
+    }
+
+    /// Waits until every cache holds a first full list.
+    pub async fn ready(&self) {
+        let _ = self.sources.wait_until_ready().await;
+        let _ = self.clusters.wait_until_ready().await;
+        let _ = self.deliveries.wait_until_ready().await;
+    }
+}
+
+fn watch<K>(api: Api<K>, trigger: Arc<Notify>, shutdown: CancellationToken) -> Store<K>
+where
+    K: kube::Resource + Clone + DeserializeOwned + std::fmt::Debug + Send + Sync + 'static,
+    K::DynamicType: Default + Eq + std::hash::Hash + Clone,
+{
+    let (store, writer) = reflector::store();
+    let stream = reflector::reflector(
+        writer,
+        watcher(api, watcher::Config::default()).default_backoff(),
+    )
+    .touched_objects();
+    tokio::spawn(async move {
+        let mut stream = std::pin::pin!(stream);
+        loop {
+            tokio::select! {
+                _ = shutdown.cancelled() => break,
+                item = stream.next() => match item {
+                    Some(Ok(_)) => trigger.notify_one(),
+                    Some(Err(e)) => warn!(kind = %K::kind(&Default::default()), error = %e, "watching the management cluster"),
+                    None => break,
+                },
+            }
+        }
+    });
+    store
+}
+
+/// Tunables of the controller.
+#[derive(Clone, Debug)]
+pub struct Config {
+    /// Least time between two passes; changes arriving meanwhile are handled together.
+    pub debounce: Duration,
+    /// Longest time between two passes.
+    pub resync: Duration,
+    /// Least time between two `lastSeen` updates of a connected cluster.
+    pub last_seen_granularity: Duration,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Self {
+            debounce: Duration::from_millis(100),
+            resync: Duration::from_secs(1),
+            last_seen_granularity: Duration::from_secs(30),
+        }
+    }
+}
+
+/// The controller; see the module docs.
+pub struct Controller {
+    client: Client,
+    stores: Stores,
+    registry: Arc<KubeRegistry>,
+    sources: Sources,
+    deliveries: Deliveries,
+    trigger: Arc<Notify>,
+    config: Config,
+}
+
+impl std::fmt::Debug for Controller {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Controller")
+            .field("sources", &self.sources)
+            .field("deliveries", &self.deliveries)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Controller {
+    /// A controller over `stores` (already started with the same `trigger`), publishing through
+    /// `hub` and fetching into `cache`.
+    pub fn new(
+        client: Client,
+        stores: Stores,
+        registry: Arc<KubeRegistry>,
+        hub: Hub,
+        cache: Arc<GitCache>,
+        trigger: Arc<Notify>,
+        config: Config,
+    ) -> Self {
+        Self {
+            sources: Sources::new(client.clone(), cache, trigger.clone()),
+            deliveries: Deliveries::new(hub, config.clone()),
+            client,
+            stores,
+            registry,
+            trigger,
+            config,
+        }
+    }
+
+    /// Fetches every source whose URL is the pushed repository (for the webhook receiver).
+    pub fn sources(&self) -> &Sources {
+        &self.sources
+    }
+
+    /// Runs passes until `shutdown`.
+    pub async fn run(mut self, shutdown: CancellationToken) {
+        self.stores.ready().await;
+        info!(
+            sources = self.stores.sources.state().len(),
+            clusters = self.stores.clusters.state().len(),
+            deliveries = self.stores.deliveries.state().len(),
+            "controller started"
+        );
+        loop {
+            self.pass().await;
+            tokio::select! {
+                _ = shutdown.cancelled() => break,
+                _ = self.trigger.notified() => {}
+                _ = tokio::time::sleep(self.config.resync) => {}
+            }
+            tokio::time::sleep(self.config.debounce).await;
+        }
+        info!("controller stopped");
+    }
+
+    /// One reconcile pass over everything.
+    pub async fn pass(&mut self) {
+        let sources = self.stores.sources.state();
+        let clusters = self.stores.clusters.state();
+        let deliveries = self.stores.deliveries.state();
+
+        self.sources.sync(&sources).await;
+        for gs in &sources {
+            let status = self.sources.status(gs);
+            write_status(&self.client, gs.as_ref(), &gs.status, &status).await;
+        }
+
+        self.deliveries.revoke_gone(&clusters, &self.registry).await;
+        let outcome = self
+            .deliveries
+            .reconcile(&deliveries, &clusters, &self.sources)
+            .await;
+        for (d, status) in outcome.deliveries {
+            write_status(&self.client, d.as_ref(), &d.status, &status).await;
+        }
+        for (c, status) in outcome.clusters {
+            write_status(&self.client, c.as_ref(), &c.status, &status).await;
+        }
+    }
+}
+
+/// Writes `status` if it differs from `current` (what the cache holds).
+async fn write_status<K, S>(client: &Client, object: &K, current: &Option<S>, status: &S)
+where
+    K: kube::Resource + Clone + DeserializeOwned + std::fmt::Debug,
+    K::DynamicType: Default,
+    S: serde::Serialize,
+{
+    let new = serde_json::to_value(status).unwrap_or_default();
+    let old = current
+        .as_ref()
+        .and_then(|s| serde_json::to_value(s).ok())
+        .unwrap_or_default();
+    if new == old {
+        return;
+    }
+    let name = object.name_any();
+    let resource = kube::discovery::ApiResource::erase::<K>(&Default::default());
+    let api: Api<kube::api::DynamicObject> = match object.meta().namespace.as_deref() {
+        Some(ns) => Api::namespaced_with(client.clone(), ns, &resource),
+        None => Api::all_with(client.clone(), &resource),
+    };
+    let kind = K::kind(&Default::default()).to_string();
+    match api
+        .patch_status(
+            &name,
+            &kube::api::PatchParams::default(),
+            &kube::api::Patch::Merge(json!({ "status": new })),
+        )
+        .await
+    {
+        Ok(_) => debug!(%kind, %name, "status written"),
+        // Deleted meanwhile: nothing to do.
+        Err(kube::Error::Api(e)) if e.code == 404 => {}
+        Err(e) => warn!(%kind, %name, error = %e, "writing status"),
+    }
+}
