@@ -184,6 +184,21 @@ impl Controller {
 
     /// Runs passes until `shutdown`.
     pub async fn run(mut self, shutdown: CancellationToken) {
+        // Agents' acks, reports and connections wake the controller too.
+        let mut changes = self.deliveries.hub().subscribe_changes();
+        let trigger = self.trigger.clone();
+        let stop = shutdown.clone();
+        tokio::spawn(async move {
+            loop {
+                tokio::select! {
+                    _ = stop.cancelled() => break,
+                    change = changes.recv() => match change {
+                        Ok(_) | Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => trigger.notify_one(),
+                        Err(tokio::sync::broadcast::error::RecvError::Closed) => break,
+                    },
+                }
+            }
+        });
         self.stores.ready().await;
         info!(
             sources = self.stores.sources.state().len(),
