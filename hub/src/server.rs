@@ -65,6 +65,16 @@ pub struct Args {
     #[arg(long, env = "FLOTILLA_HTTP_LISTEN", default_value = "0.0.0.0:8080")]
     pub http_listen: SocketAddr,
 
+    /// File holding the secret GitHub signs push events with (`/hooks/github`; disabled
+    /// without it).
+    #[arg(long, env = "FLOTILLA_GITHUB_WEBHOOK_SECRET_FILE")]
+    pub github_webhook_secret_file: Option<PathBuf>,
+
+    /// File holding the token GitLab sends with push events (`/hooks/gitlab`; disabled without
+    /// it).
+    #[arg(long, env = "FLOTILLA_GITLAB_WEBHOOK_TOKEN_FILE")]
+    pub gitlab_webhook_token_file: Option<PathBuf>,
+
     /// Where fetched repositories are cached.
     #[arg(
         long,
@@ -171,7 +181,15 @@ impl Args {
             trigger,
             controller::Config::default(),
         );
+        let pushes = controller.push_sender();
         let running = tokio::spawn(controller.run(shutdown.clone()));
+        let webhooks = crate::webhook::WebhookConfig::from_files(
+            self.github_webhook_secret_file.as_deref(),
+            self.gitlab_webhook_token_file.as_deref(),
+        )?;
+        let on_push: crate::webhook::OnPush = Arc::new(move |event: crate::webhook::PushEvent| {
+            let _ = pushes.send(event.repository_urls);
+        });
 
         let http = TcpListener::bind(self.http_listen)
             .await
@@ -179,7 +197,8 @@ impl Args {
         info!(address = %http.local_addr()?, "serving HTTP");
         let router = axum::Router::new()
             .route("/healthz", axum::routing::get(|| async { "ok\n" }))
-            .route("/readyz", axum::routing::get(|| async { "ok\n" }));
+            .route("/readyz", axum::routing::get(|| async { "ok\n" }))
+            .merge(crate::webhook::router(webhooks, on_push));
         let http_task = {
             let stop = shutdown.clone();
             tokio::spawn(async move {

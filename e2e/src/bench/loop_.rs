@@ -56,7 +56,7 @@ pub async fn run(args: &LoopArgs) -> Result<()> {
             WorkloadSpec::example("workload-1", "eu"),
             WorkloadSpec::example("workload-2", "us"),
         ],
-        &["--webhook-secret-file", &secret_arg],
+        &["--github-webhook-secret-file", &secret_arg],
     )
     .await?;
     // Long polling interval while the webhook mode runs, so only the webhook can be fast.
