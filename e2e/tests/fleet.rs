@@ -39,7 +39,7 @@ async fn a_commit_reaches_every_cluster_and_a_broken_one_keeps_the_last_good_rev
     if skip_unless_e2e() {
         return Ok(());
     }
-    let fleet = Fleet::start(
+    let mut fleet = Fleet::start(
         "fleet",
         &[
             WorkloadSpec::example("workload-1", "eu"),
@@ -143,7 +143,14 @@ async fn a_commit_reaches_every_cluster_and_a_broken_one_keeps_the_last_good_rev
         "{}",
         failed.message
     );
-    assert!(failed.message.contains("line"), "{}", failed.message);
+    // The line: the 7th of the file holds the bad YAML.
+    assert!(
+        failed
+            .message
+            .contains("apps/base/deployment.yaml:7: invalid YAML"),
+        "{}",
+        failed.message
+    );
     assert!(
         failed.message.contains(&broken[..12]),
         "names the broken revision: {}",
@@ -192,5 +199,62 @@ async fn a_commit_reaches_every_cluster_and_a_broken_one_keeps_the_last_good_rev
         .await?;
     fleet.wait_ready_at("fleet", "apps", &held, WAIT).await?;
     assert_eq!(replicas(&fleet, "workload-2").await, Some(4));
+
+    // A restarted hub sends the agents nothing they already hold.
+    let applies = |fleet: &Fleet| -> Vec<usize> {
+        fleet
+            .workloads
+            .iter()
+            .map(|w| {
+                w.agent
+                    .as_ref()
+                    .map(|a| a.log_text().matches("applied revision").count())
+                    .unwrap_or(0)
+            })
+            .collect()
+    };
+    let sequences = |d: flotilla_hub::api::Delivery| -> Vec<u64> {
+        d.status
+            .map(|s| s.clusters.iter().map(|c| c.sequence).collect())
+            .unwrap_or_default()
+    };
+    let applied_before = applies(&fleet);
+    let sequences_before = sequences(fleet.delivery("fleet", "apps").await?);
+    fleet.hub.as_mut().context("hub")?.kill();
+    fleet.start_hub()?;
+    eventually("both agents reconnected to the new hub", WAIT, || async {
+        let log = fleet.hub.as_ref()?.log_text();
+        let connected = log
+            .lines()
+            .filter(|l| l.contains("agent connected"))
+            .count();
+        (connected >= 2).then_some(())
+    })
+    .await?;
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    fleet.wait_ready_at("fleet", "apps", &held, WAIT).await?;
+    assert_eq!(
+        applies(&fleet),
+        applied_before,
+        "agents re-applied after a hub restart"
+    );
+    assert_eq!(
+        sequences(fleet.delivery("fleet", "apps").await?),
+        sequences_before
+    );
+
+    // A hub killed in the middle of a rollout completes it after a restart.
+    let mid = fleet.repo.commit_file(
+        "apps/production/kustomization.yaml",
+        &prod.replace("count: 2", "count: 5"),
+        "production: 5 replicas",
+    )?;
+    fleet.apply(&[serde_json::json!({"apiVersion": "flotilla.dev/v1alpha1", "kind": "GitSource",
+        "metadata": {"name": "fleet", "namespace": "fleet", "annotations": {"flotilla.dev/reconcile-requested-at": "2"}}})]).await.ok();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    fleet.hub.as_mut().context("hub")?.kill();
+    fleet.start_hub()?;
+    fleet.wait_ready_at("fleet", "apps", &mid, WAIT).await?;
+    assert_eq!(replicas(&fleet, "workload-2").await, Some(5));
     Ok(())
 }

@@ -985,7 +985,20 @@ impl Deliveries {
     ) {
         let overdue = p.at.elapsed() >= limits.timeout;
         let connected = self.hub.is_connected(cname);
-        let ack = self.hub.ack(cname, name);
+        let mut ack = self.hub.ack(cname, name);
+        // A restarted hub has no acks of bundles the agents applied before: an agent's report
+        // for the same sequence (sent at every reconnection) says it holds and applied it.
+        if ack.as_ref().is_none_or(|a| a.sequence != p.sequence)
+            && super::observed::report_for(&self.hub, cname, name)
+                .is_some_and(|r| r.sequence == p.sequence)
+        {
+            ack = Some(crate::delivery::AckRecord {
+                sequence: p.sequence,
+                outcome: AckOutcome::Applied,
+                message: String::new(),
+                objects: Vec::new(),
+            });
+        }
         match ack {
             Some(a) if a.sequence == p.sequence => match a.outcome {
                 AckOutcome::Applied => {
