@@ -14,6 +14,7 @@ pub mod fleet;
 pub mod server;
 pub mod source;
 pub mod state;
+pub mod webhook;
 
 /// The version of this build, as printed by `--version`.
 pub const VERSION: &str = env!("CARGO_PKG_VERSION");

@@ -61,6 +61,20 @@ pub struct Args {
     #[arg(long = "server-name", env = "FLOTILLA_SERVER_NAME", default_values_t = ["localhost".to_string()])]
     pub server_names: Vec<String>,
 
+    /// Address of the HTTP listener: `/healthz`, `/readyz` and the Git webhook receiver.
+    #[arg(long, env = "FLOTILLA_HTTP_LISTEN", default_value = "0.0.0.0:8080")]
+    pub http_listen: SocketAddr,
+
+    /// File holding the secret GitHub signs push events with (`/hooks/github`; disabled
+    /// without it).
+    #[arg(long, env = "FLOTILLA_GITHUB_WEBHOOK_SECRET_FILE")]
+    pub github_webhook_secret_file: Option<PathBuf>,
+
+    /// File holding the token GitLab sends with push events (`/hooks/gitlab`; disabled without
+    /// it).
+    #[arg(long, env = "FLOTILLA_GITLAB_WEBHOOK_TOKEN_FILE")]
+    pub gitlab_webhook_token_file: Option<PathBuf>,
+
     /// Where fetched repositories are cached.
     #[arg(
         long,
@@ -167,12 +181,38 @@ impl Args {
             trigger,
             controller::Config::default(),
         );
+        let pushes = controller.push_sender();
         let running = tokio::spawn(controller.run(shutdown.clone()));
+        let webhooks = crate::webhook::WebhookConfig::from_files(
+            self.github_webhook_secret_file.as_deref(),
+            self.gitlab_webhook_token_file.as_deref(),
+        )?;
+        let on_push: crate::webhook::OnPush = Arc::new(move |event: crate::webhook::PushEvent| {
+            let _ = pushes.send(event.repository_urls);
+        });
+
+        let http = TcpListener::bind(self.http_listen)
+            .await
+            .with_context(|| format!("binding the HTTP listener {}", self.http_listen))?;
+        info!(address = %http.local_addr()?, "serving HTTP");
+        let router = axum::Router::new()
+            .route("/healthz", axum::routing::get(|| async { "ok\n" }))
+            .route("/readyz", axum::routing::get(|| async { "ok\n" }))
+            .merge(crate::webhook::router(webhooks, on_push));
+        let http_task = {
+            let stop = shutdown.clone();
+            tokio::spawn(async move {
+                axum::serve(http, router)
+                    .with_graceful_shutdown(stop.cancelled_owned())
+                    .await
+            })
+        };
 
         shutdown_signal().await;
         info!("hub stopping");
         shutdown.cancel();
         let _ = running.await;
+        let _ = http_task.await;
         serving.await.context("the delivery server task")??;
         info!("hub stopped");
         Ok(())

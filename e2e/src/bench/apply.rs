@@ -129,9 +129,10 @@ async fn agent_apply(
     })?;
     if !output.status.success() || report["status"] != "Applied" {
         bail!(
-            "the agent's apply failed ({}): {}; its log is {}",
+            "the agent's apply failed ({}): {} ({} objects failed); its log is {}",
             output.status,
-            report,
+            report["message"],
+            report["failed"].as_array().map(Vec::len).unwrap_or(0),
             log.display()
         );
     }

@@ -434,7 +434,7 @@ async fn start(name: &str, bin: &Path, owner: Option<ProcessRecord>) -> Result<S
             format!("--tls-private-key-file={}", s(&pki.server_key)),
             format!("--client-ca-file={}", s(&pki.ca_cert)),
             "--authorization-mode=RBAC".into(),
-            "--service-cluster-ip-range=10.0.0.0/24".into(),
+            "--service-cluster-ip-range=10.0.0.0/16".into(),
             format!("--service-account-issuer=https://127.0.0.1:{api_port}"),
             format!("--service-account-key-file={}", s(&pki.sa_pub)),
             format!("--service-account-signing-key-file={}", s(&pki.sa_key)),
@@ -468,6 +468,8 @@ async fn start(name: &str, bin: &Path, owner: Option<ProcessRecord>) -> Result<S
             "--kube-api-burst=600".into(),
             "--concurrent-deployment-syncs=20".into(),
             "--concurrent-replicaset-syncs=20".into(),
+            // A loaded 2-core machine can delay kwok's heartbeats; don't evict for that.
+            "--node-monitor-grace-period=2m".into(),
         ],
     )?;
     c.spawn(
@@ -486,6 +488,10 @@ async fn start(name: &str, bin: &Path, owner: Option<ProcessRecord>) -> Result<S
             kc.clone(),
             "--manage-all-nodes=true".into(),
             "--server-address=".into(),
+            // Without a node lease kwok refreshes the node's status only about once a
+            // minute, past the controller manager's grace period on a busy machine: the node
+            // turns NotReady and every Pod with it. A lease is renewed every few seconds.
+            "--node-lease-duration-seconds=40".into(),
         ],
     )?;
     create_node(&client).await?;

@@ -245,6 +245,11 @@ impl Deliveries {
         }
     }
 
+    /// The delivery side this controller publishes through.
+    pub fn hub(&self) -> &Hub {
+        &self.hub
+    }
+
     /// Closes the streams of clusters that were revoked or removed since the last pass.
     pub async fn revoke_gone(&mut self, clusters: &[Arc<Cluster>], registry: &KubeRegistry) {
         let present: HashMap<String, ClusterState> = clusters
@@ -392,6 +397,14 @@ impl Deliveries {
             }
         }
 
+        let wire_options: crate::delivery::DeliveryOptions =
+            match serde_json::from_value(options.clone()) {
+                Ok(o) => o,
+                Err(e) => {
+                    stalled(format!("delivery options: {e}"), &mut status);
+                    return status;
+                }
+            };
         let source_key = sources::key(&ns, &d.spec.source_ref.name);
         let snapshot = sources.snapshot(&source_key);
         if let Some(s) = &snapshot {
@@ -543,7 +556,7 @@ impl Deliveries {
             let p = slot.published.as_mut().expect("checked");
             if p.restored {
                 // After a restart: hold the bundle again under the sequence the agent has.
-                let payload = crate::bundle::encode(&cand.objects);
+                let payload = crate::bundle::encode_with_options(&cand.objects, &wire_options);
                 match self
                     .hub
                     .restore_encoded(&cname, &name, &p.revision, payload, p.sequence)
@@ -601,10 +614,13 @@ impl Deliveries {
                 slot.blocked = Some(why);
                 continue;
             }
-            match self
-                .hub
-                .publish(&cname, &name, &cand.revision, &cand.objects)
-            {
+            match self.hub.publish_with_options(
+                &cname,
+                &name,
+                &cand.revision,
+                &cand.objects,
+                &wire_options,
+            ) {
                 Ok(sequence) => {
                     info!(delivery = %dkey, cluster = %cname, revision = %cand.revision, sequence, objects = cand.objects.len(), "published");
                     slot.published = Some(Published {
@@ -661,7 +677,7 @@ impl Deliveries {
                 .or_default()
                 .push(ClusterDeliveryStatus {
                     name: name.clone(),
-                    revision: applied.or_else(|| published.map(|p| p.effective_revision.clone())),
+                    revision: applied,
                     desired_revision: snapshot.as_ref().map(Snapshot::revision),
                     sequence: published.map(|p| p.sequence).unwrap_or(0),
                     ready: view.ready,
@@ -969,7 +985,20 @@ impl Deliveries {
     ) {
         let overdue = p.at.elapsed() >= limits.timeout;
         let connected = self.hub.is_connected(cname);
-        let ack = self.hub.ack(cname, name);
+        let mut ack = self.hub.ack(cname, name);
+        // A restarted hub has no acks of bundles the agents applied before: an agent's report
+        // for the same sequence (sent at every reconnection) says it holds and applied it.
+        if ack.as_ref().is_none_or(|a| a.sequence != p.sequence)
+            && super::observed::report_for(&self.hub, cname, name)
+                .is_some_and(|r| r.sequence == p.sequence)
+        {
+            ack = Some(crate::delivery::AckRecord {
+                sequence: p.sequence,
+                outcome: AckOutcome::Applied,
+                message: String::new(),
+                objects: Vec::new(),
+            });
+        }
         match ack {
             Some(a) if a.sequence == p.sequence => match a.outcome {
                 AckOutcome::Applied => {
