@@ -279,7 +279,9 @@ impl LeaderElector {
         if was_leading {
             match self.release().await {
                 Ok(()) => info!(lease = %c.name, identity = %c.identity, "released the lease"),
-                Err(error) => warn!(lease = %c.name, error = %error_chain(&error), "releasing the lease failed; it expires after the lease duration"),
+                Err(error) => {
+                    warn!(lease = %c.name, error = %error_chain(&error), "releasing the lease failed; it expires after the lease duration")
+                }
             }
         }
         debug!(lease = %c.name, identity = %c.identity, "leader election stopped");

@@ -388,13 +388,12 @@ impl NotifyConfig {
                 (None, None) => return Err(invalid(&name, "url or urlFile is required".into())),
                 (None, Some(file)) => {
                     let file = base.join(file);
-                    let text = std::fs::read_to_string(&file).map_err(|source| {
-                        Error::ReadUrlFile {
+                    let text =
+                        std::fs::read_to_string(&file).map_err(|source| Error::ReadUrlFile {
                             provider: name.clone(),
                             path: file.clone(),
                             source,
-                        }
-                    })?;
+                        })?;
                     provider.url = Some(Secret::new(text.trim()));
                 }
                 (Some(_), None) => {}
@@ -420,7 +419,10 @@ impl NotifyConfig {
                     return Err(invalid(&name, format!("invalid header name {header:?}")));
                 }
                 if HeaderValue::from_str(value.expose()).is_err() {
-                    return Err(invalid(&name, format!("invalid value of header {header:?}")));
+                    return Err(invalid(
+                        &name,
+                        format!("invalid value of header {header:?}"),
+                    ));
                 }
             }
             if provider.events.is_empty() {
@@ -718,7 +720,11 @@ impl Sender {
         let url = self.url.expose();
         text = text.replace(url, "***");
         if let Ok(uri) = url.parse::<http::Uri>() {
-            if let Some(pq) = uri.path_and_query().map(|p| p.as_str()).filter(|p| p.len() > 1) {
+            if let Some(pq) = uri
+                .path_and_query()
+                .map(|p| p.as_str())
+                .filter(|p| p.len() > 1)
+            {
                 text = text.replace(pq, "/***");
             }
         }
@@ -799,9 +805,7 @@ fn body(kind: ProviderKind, message: &Message) -> serde_json::Value {
                     "good",
                 ),
             };
-            let field = |title: &str, value: &str, short: bool| {
-                json!({ "title": title, "value": value, "short": short })
-            };
+            let field = |title: &str, value: &str, short: bool| json!({ "title": title, "value": value, "short": short });
             json!({
                 "text": headline,
                 "attachments": [{
@@ -837,7 +841,11 @@ mod tests {
     #[test]
     fn loads_a_full_config() {
         let dir = tempfile::tempdir().unwrap();
-        write(dir.path(), "slack-url", "https://hooks.example.com/services/T0/B0/zzz\n");
+        write(
+            dir.path(),
+            "slack-url",
+            "https://hooks.example.com/services/T0/B0/zzz\n",
+        );
         let path = write(
             dir.path(),
             "notifications.yaml",
@@ -877,14 +885,22 @@ mod tests {
         let e = err("providers:\n- name: a\n  type: slack\n  uri: http://x/\n");
         assert!(e.contains("unknown field `uri`"), "{e}");
         let e = err("providers:\n- name: a\n  type: slack\n");
-        assert!(e.contains("\"a\"") && e.contains("url or urlFile is required"), "{e}");
+        assert!(
+            e.contains("\"a\"") && e.contains("url or urlFile is required"),
+            "{e}"
+        );
         let e = err("providers:\n- name: a\n  type: slack\n  url: ftp://secret-host/token\n");
         assert!(e.contains("not an http"), "{e}");
         assert!(!e.contains("secret-host"), "{e}");
-        let e = err("providers:\n- {name: a, type: slack, url: 'http://h/'}\n- {name: a, type: generic, url: 'http://h/'}\n");
+        let e = err(
+            "providers:\n- {name: a, type: slack, url: 'http://h/'}\n- {name: a, type: generic, url: 'http://h/'}\n",
+        );
         assert!(e.contains("used twice"), "{e}");
         let e = err("providers:\n- {name: a, type: slack, urlFile: nowhere}\n");
-        assert!(e.contains("reading urlFile") && e.contains("nowhere"), "{e}");
+        assert!(
+            e.contains("reading urlFile") && e.contains("nowhere"),
+            "{e}"
+        );
         let e = err("timeout: soon\n");
         assert!(e.contains("invalid duration \"soon\""), "{e}");
     }

@@ -11,7 +11,7 @@ use axum::Router;
 use axum::extract::State;
 use axum::http::{HeaderMap, StatusCode};
 use axum::routing::post;
-use flotilla_hub::notify::{NotifyConfig, Notifier, Observation};
+use flotilla_hub::notify::{Notifier, NotifyConfig, Observation};
 use serde_json::Value;
 
 /// Captured log output of the test's thread (the runtime is current-thread, so the notifier's
@@ -129,7 +129,8 @@ fn load(dir: &Path, yaml: &str) -> NotifyConfig {
     NotifyConfig::load(&path).unwrap()
 }
 
-const FAST_RETRY: &str = "retry: { attempts: 30, initialBackoff: 50ms, maxBackoff: 200ms }\ntimeout: 1s\n";
+const FAST_RETRY: &str =
+    "retry: { attempts: 30, initialBackoff: 50ms, maxBackoff: 200ms }\ntimeout: 1s\n";
 
 fn failing(cluster: &str, delivery: &str, revision: &str, reason: &str) -> Observation {
     Observation {
@@ -188,7 +189,10 @@ async fn failure_once_repeats_suppressed_recovery_once() {
     assert_eq!(b["delivery"], "apps");
     assert_eq!(b["revision"], "main@sha1:aaa");
     assert_eq!(b["reason"], "BuildFailed");
-    assert_eq!(b["message"], "BuildFailed in apps/kustomization.yaml line 7");
+    assert_eq!(
+        b["message"],
+        "BuildFailed in apps/kustomization.yaml line 7"
+    );
     let time = b["time"].as_str().unwrap();
     assert!(time.len() >= 20 && time.ends_with('Z'), "{time}");
 
@@ -236,13 +240,25 @@ async fn slack_bodies_and_event_filters() {
         ),
     );
     let notifier = Notifier::new(config);
-    notifier.observe(failing("edge-1", "infrastructure", "v1.4.0@sha1:0123456789abcdef0123", "HealthCheckFailed"));
+    notifier.observe(failing(
+        "edge-1",
+        "infrastructure",
+        "v1.4.0@sha1:0123456789abcdef0123",
+        "HealthCheckFailed",
+    ));
     let got = receiver.wait_for(1).await;
     settle().await;
-    assert_eq!(receiver.got().len(), 1, "the recovery-only provider got a failure");
+    assert_eq!(
+        receiver.got().len(),
+        1,
+        "the recovery-only provider got a failure"
+    );
     assert_eq!(got[0].path, "/services/T1/B1/x");
     let text = got[0].body["text"].as_str().unwrap();
-    assert!(text.contains("infrastructure") && text.contains("edge-1"), "{text}");
+    assert!(
+        text.contains("infrastructure") && text.contains("edge-1"),
+        "{text}"
+    );
     assert!(text.contains("HealthCheckFailed"), "{text}");
     let attachment = &got[0].body["attachments"][0];
     assert_eq!(attachment["color"], "danger");
@@ -275,7 +291,11 @@ async fn slack_bodies_and_event_filters() {
     let mut paths: Vec<&str> = got[1..].iter().map(|r| r.path.as_str()).collect();
     paths.sort();
     assert_eq!(paths, ["/recoveries", "/services/T1/B1/x"]);
-    let slack = got.iter().skip(1).find(|r| r.path.starts_with("/services")).unwrap();
+    let slack = got
+        .iter()
+        .skip(1)
+        .find(|r| r.path.starts_with("/services"))
+        .unwrap();
     assert_eq!(slack.body["attachments"][0]["color"], "good");
 }
 
@@ -296,7 +316,9 @@ async fn receiver_down_then_up_is_retried_and_the_url_stays_secret() {
     .unwrap();
     let config = load(
         dir.path(),
-        &format!("providers:\n- name: ops-slack\n  type: slack\n  urlFile: slack-url\n{FAST_RETRY}"),
+        &format!(
+            "providers:\n- name: ops-slack\n  type: slack\n  urlFile: slack-url\n{FAST_RETRY}"
+        ),
     );
     assert!(!format!("{config:?}").contains("SECRET"));
     let notifier = Notifier::new(config);
@@ -323,7 +345,10 @@ async fn receiver_down_then_up_is_retried_and_the_url_stays_secret() {
     let logs = logs.text();
     assert!(logs.contains("ops-slack"), "{logs}");
     assert!(logs.contains("notification sent"), "{logs}");
-    assert!(!logs.contains("SECRET"), "the URL leaked into the logs: {logs}");
+    assert!(
+        !logs.contains("SECRET"),
+        "the URL leaked into the logs: {logs}"
+    );
     assert!(!logs.contains("XyZsEcReTtOkEn"), "{logs}");
 }
 
@@ -336,13 +361,19 @@ async fn server_errors_are_retried_client_errors_are_not() {
     let dir = tempfile::tempdir().unwrap();
     let config = load(
         dir.path(),
-        &format!("providers:\n- name: alerts\n  type: generic\n  url: http://{addr}/a\n{FAST_RETRY}"),
+        &format!(
+            "providers:\n- name: alerts\n  type: generic\n  url: http://{addr}/a\n{FAST_RETRY}"
+        ),
     );
     let notifier = Notifier::new(config);
     notifier.observe(failing("c1", "apps", "r1", "BuildFailed"));
     receiver.wait_for(1).await;
     assert_eq!(receiver.requests.load(Ordering::SeqCst), 3);
-    assert!(logs.text().contains("receiver answered 503"), "{}", logs.text());
+    assert!(
+        logs.text().contains("receiver answered 503"),
+        "{}",
+        logs.text()
+    );
 
     // 404 means the URL is wrong: retrying will not help.
     receiver.fail_status.store(404, Ordering::SeqCst);
