@@ -11,6 +11,8 @@ pub mod cli_cluster;
 pub mod controller;
 pub mod delivery;
 pub mod fleet;
+pub mod leader;
+pub mod notify;
 pub mod server;
 pub mod source;
 pub mod state;

@@ -94,6 +94,7 @@ pub struct Deliveries {
     reconcile_handled: HashMap<DeliveryKey, String>,
     last_seen: HashMap<String, String>,
     render_options: flotilla_render::Options,
+    notifier: Option<crate::notify::Notifier>,
 }
 
 fn key(namespace: &str, name: &str) -> DeliveryKey {
@@ -242,7 +243,13 @@ impl Deliveries {
             reconcile_handled: HashMap::new(),
             last_seen: HashMap::new(),
             render_options: flotilla_render::Options::default(),
+            notifier: None,
         }
+    }
+
+    /// Sends failure and recovery notifications through `notifier`.
+    pub fn set_notifier(&mut self, notifier: crate::notify::Notifier) {
+        self.notifier = Some(notifier);
     }
 
     /// The delivery side this controller publishes through.
@@ -650,6 +657,24 @@ impl Deliveries {
             if view.ready {
                 n_ready += 1;
                 ready.insert((dkey.clone(), cname.clone()));
+            }
+            // Only settled states are news: ready (a recovery, if it failed before) or a
+            // failure; work under way is neither.
+            if let Some(n) = &self.notifier
+                && (view.ready || is_failure(view.reason) || view.reason == reason::DRIFT_DETECTED)
+            {
+                n.observe(crate::notify::Observation {
+                    cluster: cname.clone(),
+                    delivery: dkey.clone(),
+                    revision: snapshot
+                        .as_ref()
+                        .map(Snapshot::revision)
+                        .or_else(|| published.map(|p| p.effective_revision.clone()))
+                        .unwrap_or_default(),
+                    ready: view.ready,
+                    reason: view.reason.to_owned(),
+                    message: view.message.clone(),
+                });
             }
             let partition = d.spec.rollout.as_ref().and_then(|r| {
                 r.partitions
