@@ -264,14 +264,14 @@ impl LeaderElector {
                 _ = tokio::time::sleep_until(wake) => {}
                 _ = tokio::time::sleep_until(deadline.unwrap_or(wake)), if deadline.is_some() => {}
             }
-            if let Some(d) = deadline {
-                if Instant::now() >= d {
-                    // Renewal failed right up to the deadline and the next try has not even
-                    // started: stop now rather than after it.
-                    leading.send_replace(false);
-                    deadline = None;
-                    warn!(lease = %c.name, identity = %c.identity, "stopped leading: no renewal within the deadline");
-                }
+            if let Some(d) = deadline
+                && Instant::now() >= d
+            {
+                // Renewal failed right up to the deadline and the next try has not even
+                // started: stop now rather than after it.
+                leading.send_replace(false);
+                deadline = None;
+                warn!(lease = %c.name, identity = %c.identity, "stopped leading: no renewal within the deadline");
             }
         }
         let was_leading = *leading.borrow();
@@ -365,17 +365,15 @@ impl LeaderElector {
         let spec = lease.spec.clone().unwrap_or_default();
         let holder = spec.holder_identity.clone().filter(|h| !h.is_empty());
         let ours = holder.as_deref() == Some(c.identity.as_str());
-        if !ours {
-            if let Some(holder) = &holder {
-                let duration = spec
-                    .lease_duration_seconds
-                    .filter(|s| *s > 0)
-                    .map_or(c.lease_duration, |s| Duration::from_secs(s as u64));
-                if observed.since.elapsed() < duration {
-                    return Ok(Attempt::Other(Some(holder.clone())));
-                }
-                info!(lease = %c.name, identity = %c.identity, previous = %holder, "lease expired, taking over");
+        if !ours && let Some(holder) = &holder {
+            let duration = spec
+                .lease_duration_seconds
+                .filter(|s| *s > 0)
+                .map_or(c.lease_duration, |s| Duration::from_secs(s as u64));
+            if observed.since.elapsed() < duration {
+                return Ok(Attempt::Other(Some(holder.clone())));
             }
+            info!(lease = %c.name, identity = %c.identity, previous = %holder, "lease expired, taking over");
         }
         let transitions = spec.lease_transitions.unwrap_or(0);
         lease.spec = Some(if ours {

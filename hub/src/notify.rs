@@ -719,14 +719,13 @@ impl Sender {
         }
         let url = self.url.expose();
         text = text.replace(url, "***");
-        if let Ok(uri) = url.parse::<http::Uri>() {
-            if let Some(pq) = uri
+        if let Ok(uri) = url.parse::<http::Uri>()
+            && let Some(pq) = uri
                 .path_and_query()
                 .map(|p| p.as_str())
                 .filter(|p| p.len() > 1)
-            {
-                text = text.replace(pq, "/***");
-            }
+        {
+            text = text.replace(pq, "/***");
         }
         for value in self.headers.values() {
             if !value.expose().is_empty() {

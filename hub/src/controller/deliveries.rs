@@ -915,8 +915,8 @@ impl Deliveries {
                 ))
             } else {
                 // A cluster already updating (in flight) takes a new revision without using budget.
-                let counted = !(slot(&n).is_some_and(|s| s.published.is_some())
-                    && !views.get(&n).is_some_and(|v| v.ready));
+                let counted = slot(&n).is_none_or(|s| s.published.is_none())
+                    || views.get(&n).is_some_and(|v| v.ready);
                 if counted {
                     budget -= 1;
                 }
