@@ -397,10 +397,7 @@ async fn register(
             Err(connect::Error::Status(s)) if s.code() == tonic::Code::PermissionDenied => {
                 warn!(hub = %endpoint.url, reason = %s.message(), "the hub has not accepted this cluster yet; retrying registration (the token stays valid)");
             }
-            Err(e @ (connect::Error::Connect { .. } | connect::Error::Status(_)))
-                if !matches!(&e, connect::Error::Status(s) if matches!(s.code(),
-                    tonic::Code::Unauthenticated | tonic::Code::InvalidArgument | tonic::Code::FailedPrecondition)) =>
-            {
+            Err(e) if registration_may_succeed_later(&e) => {
                 warn!(hub = %endpoint.url, error = %crate::apply::error_chain(&e), "cannot register with the hub yet; retrying");
             }
             Err(e) => {
@@ -414,6 +411,21 @@ async fn register(
             _ = stop.cancelled() => return Ok(None),
             _ = tokio::time::sleep(delay) => {}
         }
+    }
+}
+
+/// True for failures retrying can cure (hub unreachable or overloaded); false when the token is
+/// unknown, used or expired, the CSR is refused, or the protocol differs: the operator must act.
+fn registration_may_succeed_later(e: &connect::Error) -> bool {
+    match e {
+        connect::Error::Connect { .. } => true,
+        connect::Error::Status(s) => !matches!(
+            s.code(),
+            tonic::Code::Unauthenticated
+                | tonic::Code::InvalidArgument
+                | tonic::Code::FailedPrecondition
+        ),
+        _ => false,
     }
 }
 
@@ -512,5 +524,40 @@ pub async fn shutdown_signal() {
     tokio::select! {
         _ = tokio::signal::ctrl_c() => {}
         _ = term.recv() => {}
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn hub_urls_name_the_server_and_must_be_https() {
+        assert_eq!(host_of("https://hub.example:7443").unwrap(), "hub.example");
+        assert_eq!(host_of("https://127.0.0.1:7443").unwrap(), "127.0.0.1");
+        assert_eq!(host_of("https://[::1]:7443").unwrap(), "::1");
+        let err = host_of("http://hub:7443").unwrap_err().to_string();
+        assert!(err.contains("must be an https:// URL"), "{err}");
+    }
+
+    #[test]
+    fn only_a_bad_token_or_protocol_stops_registration() {
+        let status = |code| connect::Error::from(tonic::Status::new(code, "x"));
+        assert!(registration_may_succeed_later(&status(
+            tonic::Code::Unavailable
+        )));
+        for code in [
+            tonic::Code::Unauthenticated,
+            tonic::Code::InvalidArgument,
+            tonic::Code::FailedPrecondition,
+        ] {
+            assert!(!registration_may_succeed_later(&status(code)), "{code:?}");
+        }
+    }
+
+    #[test]
+    fn the_token_never_shows_in_debug() {
+        let t = Token("flt1.secret".into());
+        assert_eq!(format!("{t:?}"), "Token(***)");
     }
 }

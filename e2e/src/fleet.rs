@@ -264,10 +264,11 @@ impl Fleet {
             &mgmt.kubeconfig().display().to_string(),
             "--namespace",
             "flotilla-system",
+            // Fixed ports, so a restarted hub is where the agents look for it.
             "--registration-listen",
-            "127.0.0.1:0",
+            &format!("127.0.0.1:{}", free_port()?),
             "--delivery-listen",
-            "127.0.0.1:0",
+            &format!("127.0.0.1:{}", free_port()?),
             "--http-listen",
             &http,
             "--cache-dir",

@@ -4,6 +4,7 @@
 //! what they should; a hub killed mid-rollout finishes it after a restart. Runs with
 //! FLOTILLA_E2E=1.
 
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use anyhow::{Context as _, Result};
@@ -15,6 +16,63 @@ use kube::Api;
 use serde_json::Value;
 
 const WAIT: Duration = Duration::from_secs(90);
+
+/// A local HTTP receiver of notifications: it answers 200 and keeps every request body.
+async fn receiver() -> Result<(String, Arc<Mutex<Vec<Value>>>)> {
+    use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+    let url = format!("http://{}/notify", listener.local_addr()?);
+    let got = Arc::new(Mutex::new(Vec::new()));
+    let store = got.clone();
+    tokio::spawn(async move {
+        while let Ok((mut conn, _)) = listener.accept().await {
+            let store = store.clone();
+            tokio::spawn(async move {
+                let mut buf = Vec::new();
+                let mut chunk = [0u8; 4096];
+                loop {
+                    let Ok(n) = conn.read(&mut chunk).await else {
+                        return;
+                    };
+                    if n == 0 {
+                        return;
+                    }
+                    buf.extend_from_slice(&chunk[..n]);
+                    let text = String::from_utf8_lossy(&buf).to_string();
+                    let Some(head_end) = text.find("\r\n\r\n") else {
+                        continue;
+                    };
+                    let length = text[..head_end]
+                        .lines()
+                        .find_map(|l| {
+                            let (k, v) = l.split_once(':')?;
+                            if k.eq_ignore_ascii_case("content-length") {
+                                v.trim().parse::<usize>().ok()
+                            } else {
+                                None
+                            }
+                        })
+                        .unwrap_or(0);
+                    if buf.len() < head_end + 4 + length {
+                        continue;
+                    }
+                    if let Ok(v) =
+                        serde_json::from_slice::<Value>(&buf[head_end + 4..head_end + 4 + length])
+                    {
+                        store.lock().unwrap_or_else(|e| e.into_inner()).push(v);
+                    }
+                    let _ = conn
+                        .write_all(
+                            b"HTTP/1.1 200 OK\r\ncontent-length: 0\r\nconnection: close\r\n\r\n",
+                        )
+                        .await;
+                    return;
+                }
+            });
+        }
+    });
+    Ok((url, got))
+}
 
 fn set_suspend(docs: &mut [Value], delivery: &str, suspend: bool) {
     for d in docs.iter_mut() {
@@ -39,13 +97,20 @@ async fn a_commit_reaches_every_cluster_and_a_broken_one_keeps_the_last_good_rev
     if skip_unless_e2e() {
         return Ok(());
     }
-    let fleet = Fleet::start(
+    let (notify_url, notifications) = receiver().await?;
+    let notify_dir = tempfile::tempdir()?;
+    let notify_file = notify_dir.path().join("notifications.yaml");
+    std::fs::write(
+        &notify_file,
+        format!("providers:\n  - name: e2e\n    type: generic\n    url: {notify_url}\n"),
+    )?;
+    let mut fleet = Fleet::start(
         "fleet",
         &[
             WorkloadSpec::example("workload-1", "eu"),
             WorkloadSpec::example("workload-2", "us"),
         ],
-        &[],
+        &["--notifications", &notify_file.display().to_string()],
     )
     .await?;
     // The infrastructure starts suspended: apps must wait for it on each cluster (dependsOn).
@@ -143,7 +208,14 @@ async fn a_commit_reaches_every_cluster_and_a_broken_one_keeps_the_last_good_rev
         "{}",
         failed.message
     );
-    assert!(failed.message.contains("line"), "{}", failed.message);
+    // The line: the 7th of the file holds the bad YAML.
+    assert!(
+        failed
+            .message
+            .contains("apps/base/deployment.yaml:7: invalid YAML"),
+        "{}",
+        failed.message
+    );
     assert!(
         failed.message.contains(&broken[..12]),
         "names the broken revision: {}",
@@ -155,6 +227,26 @@ async fn a_commit_reaches_every_cluster_and_a_broken_one_keeps_the_last_good_rev
         "the last good revision stays"
     );
 
+    // The failure reached the notification receiver, naming what failed.
+    let failure = eventually("a BuildFailed notification", WAIT, || async {
+        let got = notifications
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone();
+        got.into_iter()
+            .find(|n| n.to_string().contains("BuildFailed"))
+    })
+    .await?;
+    let text = failure.to_string();
+    for needle in [
+        "fleet/apps",
+        "workload-",
+        &broken[..12],
+        "apps/base/deployment.yaml:7",
+    ] {
+        assert!(text.contains(needle), "notification lacks {needle}: {text}");
+    }
+
     // The fix recovers.
     let fixed = fleet.repo.commit_file(
         "apps/base/deployment.yaml",
@@ -162,6 +254,28 @@ async fn a_commit_reaches_every_cluster_and_a_broken_one_keeps_the_last_good_rev
         "fix the deployment",
     )?;
     fleet.wait_ready_at("fleet", "apps", &fixed, WAIT).await?;
+    eventually("recovery notifications for both clusters", WAIT, || async {
+        let got = notifications
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone();
+        let recoveries = got
+            .iter()
+            .filter(|n| n.to_string().contains("recover"))
+            .count();
+        let failures = got
+            .iter()
+            .filter(|n| n.to_string().contains("BuildFailed"))
+            .count();
+        (recoveries >= 2 && failures == 2).then_some(())
+    })
+    .await
+    .with_context(|| {
+        format!(
+            "{:#?}",
+            notifications.lock().unwrap_or_else(|e| e.into_inner())
+        )
+    })?;
 
     // Suspend holds a change; resume lets it through.
     fleet
@@ -192,5 +306,62 @@ async fn a_commit_reaches_every_cluster_and_a_broken_one_keeps_the_last_good_rev
         .await?;
     fleet.wait_ready_at("fleet", "apps", &held, WAIT).await?;
     assert_eq!(replicas(&fleet, "workload-2").await, Some(4));
+
+    // A restarted hub sends the agents nothing they already hold.
+    let applies = |fleet: &Fleet| -> Vec<usize> {
+        fleet
+            .workloads
+            .iter()
+            .map(|w| {
+                w.agent
+                    .as_ref()
+                    .map(|a| a.log_text().matches("applied revision").count())
+                    .unwrap_or(0)
+            })
+            .collect()
+    };
+    let sequences = |d: flotilla_hub::api::Delivery| -> Vec<u64> {
+        d.status
+            .map(|s| s.clusters.iter().map(|c| c.sequence).collect())
+            .unwrap_or_default()
+    };
+    let applied_before = applies(&fleet);
+    let sequences_before = sequences(fleet.delivery("fleet", "apps").await?);
+    fleet.hub.as_mut().context("hub")?.kill();
+    fleet.start_hub()?;
+    eventually("both agents reconnected to the new hub", WAIT, || async {
+        let log = fleet.hub.as_ref()?.log_text();
+        let connected = log
+            .lines()
+            .filter(|l| l.contains("agent connected"))
+            .count();
+        (connected >= 2).then_some(())
+    })
+    .await?;
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    fleet.wait_ready_at("fleet", "apps", &held, WAIT).await?;
+    assert_eq!(
+        applies(&fleet),
+        applied_before,
+        "agents re-applied after a hub restart"
+    );
+    assert_eq!(
+        sequences(fleet.delivery("fleet", "apps").await?),
+        sequences_before
+    );
+
+    // A hub killed in the middle of a rollout completes it after a restart.
+    let mid = fleet.repo.commit_file(
+        "apps/production/kustomization.yaml",
+        &prod.replace("count: 2", "count: 5"),
+        "production: 5 replicas",
+    )?;
+    fleet.apply(&[serde_json::json!({"apiVersion": "flotilla.dev/v1alpha1", "kind": "GitSource",
+        "metadata": {"name": "fleet", "namespace": "fleet", "annotations": {"flotilla.dev/reconcile-requested-at": "2"}}})]).await.ok();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    fleet.hub.as_mut().context("hub")?.kill();
+    fleet.start_hub()?;
+    fleet.wait_ready_at("fleet", "apps", &mid, WAIT).await?;
+    assert_eq!(replicas(&fleet, "workload-2").await, Some(5));
     Ok(())
 }

@@ -182,6 +182,11 @@ impl Controller {
         }
     }
 
+    /// Sends failure and recovery notifications of each (cluster, delivery) through `notifier`.
+    pub fn set_notifier(&mut self, notifier: crate::notify::Notifier) {
+        self.deliveries.set_notifier(notifier);
+    }
+
     /// Where the webhook receiver sends the repository URLs of a push: every source whose URL
     /// names the same repository is fetched at once.
     pub fn push_sender(&self) -> tokio::sync::mpsc::UnboundedSender<Vec<String>> {
