@@ -56,43 +56,8 @@ impl Default for ApplyConfig {
     }
 }
 
-/// What to do when another field manager owns a field the bundle sets.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum ConflictPolicy {
-    /// Take the field over (`force`), as Flux does.
-    #[default]
-    Force,
-    /// Leave it and report the object failed with the API server's conflict message.
-    Report,
-}
-
-/// Fields flotilla stops owning once an object exists, so another controller can manage them
-/// (for example `/spec/replicas` under a HorizontalPodAutoscaler). The manifest's value is used
-/// when the object is created; drift in these fields is neither reported nor corrected.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct IgnoreRule {
-    /// JSON pointers (RFC 6901), e.g. `/spec/replicas`.
-    pub paths: Vec<String>,
-    /// Only objects of this kind (all kinds if empty).
-    #[serde(default)]
-    pub kind: String,
-    /// Only objects with this name (all names if empty).
-    #[serde(default)]
-    pub name: String,
-    /// Only objects in this namespace (all if empty).
-    #[serde(default)]
-    pub namespace: String,
-}
-
-impl IgnoreRule {
-    /// True if the rule applies to `r`.
-    pub fn matches(&self, r: &ObjectRef) -> bool {
-        (self.kind.is_empty() || self.kind == r.kind)
-            && (self.name.is_empty() || self.name == r.name)
-            && (self.namespace.is_empty() || self.namespace == r.namespace)
-    }
-}
+// The apply settings travel signed inside bundles, so their types live in `flotilla-bundle`.
+pub use flotilla_bundle::{ConflictPolicy, IgnoreRule};
 
 /// What applying one object did.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -314,7 +279,11 @@ impl Applier {
         let mut body = obj.clone();
         body["metadata"]["labels"][DELIVERY_LABEL] = Value::String(opts.delivery.clone());
         if known_rv.is_some() {
-            for rule in opts.ignore.iter().filter(|rule| rule.matches(r)) {
+            for rule in opts
+                .ignore
+                .iter()
+                .filter(|rule| rule.matches(&r.kind, &r.namespace, &r.name))
+            {
                 for p in &rule.paths {
                     remove_pointer(&mut body, p);
                 }
@@ -532,24 +501,5 @@ mod tests {
         }
         assert!(backoff(1) <= Duration::from_millis(100));
         assert!(backoff(4) >= Duration::from_millis(400));
-    }
-
-    #[test]
-    fn ignore_rules_select_by_kind_name_namespace() {
-        let r = ObjectRef::of(
-            &json!({"apiVersion": "apps/v1", "kind": "Deployment", "metadata": {"name": "web", "namespace": "shop"}}),
-            0,
-        )
-        .unwrap();
-        let rule = |kind: &str, name: &str| IgnoreRule {
-            paths: vec!["/spec/replicas".into()],
-            kind: kind.into(),
-            name: name.into(),
-            namespace: String::new(),
-        };
-        assert!(rule("", "").matches(&r));
-        assert!(rule("Deployment", "web").matches(&r));
-        assert!(!rule("StatefulSet", "").matches(&r));
-        assert!(!rule("Deployment", "api").matches(&r));
     }
 }

@@ -48,16 +48,7 @@ pub struct DriftEvent {
     pub report_only: bool,
 }
 
-/// Whether drift is put back or only reported.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum DriftMode {
-    /// Report and correct.
-    #[default]
-    Correct,
-    /// Report only.
-    Report,
-}
+pub use flotilla_bundle::DriftMode;
 
 /// Milliseconds since the Unix epoch.
 pub fn now_ms() -> u64 {
@@ -141,20 +132,22 @@ pub fn ignored(rules: &[IgnoreRule], object: &ObjectRef, keys: &[String]) -> boo
                 .unwrap_or_else(|| "*".into())
         })
         .collect();
-    rules.iter().filter(|r| r.matches(object)).any(|r| {
-        r.paths.iter().any(|p| {
-            let want: Vec<String> = p
-                .split('/')
-                .skip(1)
-                .map(|s| s.replace("~1", "/").replace("~0", "~"))
-                .collect();
-            want.len() <= segments.len()
-                && want
-                    .iter()
-                    .zip(&segments)
-                    .all(|(w, s)| w == s || s == "*" && (w == "*" || w.parse::<usize>().is_ok()))
+    rules
+        .iter()
+        .filter(|r| r.matches(&object.kind, &object.namespace, &object.name))
+        .any(|r| {
+            r.paths.iter().any(|p| {
+                let want: Vec<String> = p
+                    .split('/')
+                    .skip(1)
+                    .map(|s| s.replace("~1", "/").replace("~0", "~"))
+                    .collect();
+                want.len() <= segments.len()
+                    && want.iter().zip(&segments).all(|(w, s)| {
+                        w == s || s == "*" && (w == "*" || w.parse::<usize>().is_ok())
+                    })
+            })
         })
-    })
 }
 
 /// Which managers other than flotilla own the field at `keys`, from an object's managedFields.

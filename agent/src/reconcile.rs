@@ -6,28 +6,28 @@
 //! to a field flotilla owns, or a deletion, and a correction task re-applies the object unless
 //! the delivery is report-only.
 
-use std::collections::{BTreeSet, HashMap, HashSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use dashmap::DashMap;
+use flotilla_bundle::TrustedKeys;
 use futures::StreamExt as _;
 use kube::api::DynamicObject;
 use kube::core::{GroupVersionKind, PartialObjectMeta};
 use kube::runtime::watcher;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
-use tokio::sync::{broadcast, mpsc};
+use tokio::sync::{broadcast, mpsc, watch};
 use tracing::{info, warn};
 
-use crate::apply::{
-    Action, Applier, ApplyOptions, ConflictPolicy, FIELD_MANAGER, IgnoreRule, ObjectResult,
-};
+use crate::apply::{Action, Applier, ApplyOptions, ConflictPolicy, FIELD_MANAGER, ObjectResult};
 use crate::drift::{self, DriftEvent, DriftKind, DriftMode};
 use crate::health::{self, HealthReport};
 use crate::inventory::{self, InventoryStore};
 use crate::object::{self, DELIVERY_LABEL, ObjectRef};
-use crate::store::{self, BundleStore};
+use crate::store::{self, BundleStore, StoredBundle};
+use crate::verify::{self, VerifiedBundle};
 
 /// A verified bundle: what one delivery must run in this cluster.
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -46,34 +46,8 @@ pub struct Desired {
     pub options: DeliveryOptions,
 }
 
-/// Per-delivery apply settings, set on the hub's `Delivery`.
-#[derive(Debug, Clone, Serialize, Deserialize)]
-#[serde(rename_all = "camelCase", default)]
-pub struct DeliveryOptions {
-    /// Delete objects that left the bundle.
-    pub prune: bool,
-    /// Accept an empty bundle (and so prune everything). Off by default: an empty bundle is far
-    /// more often a broken render than an intent.
-    pub allow_empty: bool,
-    /// Conflicts with other field managers.
-    pub conflicts: ConflictPolicy,
-    /// Correct drift or only report it.
-    pub drift: DriftMode,
-    /// Fields left to other controllers once an object exists.
-    pub ignore: Vec<IgnoreRule>,
-}
-
-impl Default for DeliveryOptions {
-    fn default() -> Self {
-        Self {
-            prune: true,
-            allow_empty: false,
-            conflicts: ConflictPolicy::Force,
-            drift: DriftMode::Correct,
-            ignore: Vec::new(),
-        }
-    }
-}
+/// Per-delivery apply settings, set on the hub's `Delivery` and signed into its bundles.
+pub use flotilla_bundle::DeliveryOptions;
 
 /// How applying a bundle ended.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -105,6 +79,46 @@ pub struct Outcome {
     pub pruned: Vec<ObjectRef>,
     /// Objects that left the bundle but were kept because of the prune annotation.
     pub kept: Vec<ObjectRef>,
+}
+
+/// What the agent trusts when it resumes stored bundles: its identity from the hub.
+#[derive(Debug, Clone)]
+pub struct Trust {
+    /// This agent's cluster: the audience a stored bundle must name.
+    pub cluster: String,
+    /// The hub keys a stored bundle must be signed by.
+    pub keys: TrustedKeys,
+    /// Deliveries the hub delivers to this cluster: an unsigned stored bundle for one of them
+    /// is refused.
+    pub hub_deliveries: BTreeSet<String>,
+}
+
+/// What [`Reconciler::resume`] did.
+#[derive(Debug, Default)]
+pub struct Resumed {
+    /// One outcome per resumed bundle.
+    pub outcomes: Vec<Outcome>,
+    /// Sequence of each verified signed bundle resumed: what the agent holds from the hub.
+    pub held: BTreeMap<String, u64>,
+    /// Deliveries whose stored bundle was refused, and why. Nothing of them was applied.
+    pub refused: Vec<(String, String)>,
+}
+
+/// The last apply of a delivery, as [`Reconciler::deliveries`] shows it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DeliveryState {
+    /// The bundle's sequence.
+    pub sequence: u64,
+    /// Its source revision.
+    pub revision: String,
+    /// How applying it ended.
+    pub status: Status,
+    /// The outcome's message.
+    pub message: String,
+    /// Objects in the delivery's inventory.
+    pub inventory: usize,
+    /// Correct drift or only report it.
+    pub drift: DriftMode,
 }
 
 /// Errors of the reconciler outside per-object results.
@@ -159,6 +173,10 @@ struct Inner {
     events: broadcast::Sender<DriftEvent>,
     /// Serialises applies of one delivery.
     apply_lock: tokio::sync::Mutex<()>,
+    /// The last apply of each delivery.
+    states: DashMap<String, DeliveryState>,
+    /// Bumped after every apply.
+    applied: watch::Sender<u64>,
 }
 
 /// The agent's reconciler for one workload cluster. Cheap to clone.
@@ -195,10 +213,17 @@ impl Reconciler {
                 drift_tx,
                 events,
                 apply_lock: tokio::sync::Mutex::new(()),
+                states: DashMap::new(),
+                applied: watch::channel(0).0,
             }),
         };
         tokio::spawn(r.clone().correct_drift(drift_rx));
         r
+    }
+
+    /// The workload cluster's client.
+    pub fn client(&self) -> &kube::Client {
+        self.inner.applier.client()
     }
 
     /// Drift events (detections and corrections) from now on.
@@ -206,29 +231,172 @@ impl Reconciler {
         self.inner.events.subscribe()
     }
 
-    /// Re-applies every persisted bundle: what an agent does at start, before (or without) a hub.
-    pub async fn resume(&self) -> Result<Vec<Outcome>, Error> {
-        let mut out = Vec::new();
-        for desired in self.inner.store.load_all().await? {
+    /// Re-applies every persisted bundle: what an agent does at start, before (or without) a
+    /// hub. A signed bundle is verified again against `trust` (signature by a trusted hub key,
+    /// audience this cluster); an unsigned one (stored by `flotilla-agent apply --store`) is
+    /// resumed only for a delivery the hub does not deliver. A refused bundle is logged and
+    /// nothing of it is applied; the other deliveries resume.
+    pub async fn resume(&self, trust: Option<&Trust>) -> Result<Resumed, Error> {
+        let mut out = Resumed::default();
+        for (delivery, loaded) in self.inner.store.load_all().await? {
+            let refuse = |out: &mut Resumed, why: String| {
+                warn!(delivery = %delivery, "refused the stored bundle of delivery {delivery}, nothing of it applied: {why}");
+                out.refused.push((delivery.clone(), why));
+            };
+            let desired = match loaded {
+                Err(e) => {
+                    refuse(&mut out, crate::apply::error_chain(&e));
+                    continue;
+                }
+                Ok(StoredBundle::Operator(desired)) => {
+                    if trust.is_some_and(|t| t.hub_deliveries.contains(&desired.delivery)) {
+                        refuse(
+                            &mut out,
+                            "it is unsigned (stored by `flotilla-agent apply --store`) and the hub delivers this delivery".into(),
+                        );
+                        continue;
+                    }
+                    desired
+                }
+                Ok(StoredBundle::Signed(bundle)) => {
+                    let Some(trust) = trust else {
+                        refuse(
+                            &mut out,
+                            "it is signed by the hub, and this agent holds no hub identity to verify it with".into(),
+                        );
+                        continue;
+                    };
+                    let verified = match verify::verify_stored(bundle, &trust.cluster, &trust.keys)
+                    {
+                        Ok(v) => v,
+                        Err(e) => {
+                            refuse(&mut out, crate::apply::error_chain(&e));
+                            continue;
+                        }
+                    };
+                    match desired_of(&verified) {
+                        Ok(d) => {
+                            out.held.insert(d.delivery.clone(), d.sequence);
+                            d
+                        }
+                        Err(e) => {
+                            refuse(&mut out, format!("its payload is malformed: {e}"));
+                            continue;
+                        }
+                    }
+                }
+            };
             info!(delivery = %desired.delivery, sequence = desired.sequence, revision = %desired.revision, "resuming from the stored bundle");
-            out.push(self.apply_inner(desired, false).await?);
+            out.outcomes.push(self.apply_inner(desired, None).await?);
         }
         Ok(out)
     }
 
     /// Applies a verified bundle. Objects are applied even if some fail; nothing is pruned
-    /// unless all succeed.
+    /// unless all succeed. It is stored unsigned, as operator-applied: for `flotilla-agent
+    /// apply --store`, tests and benchmarks. Bundles from the hub go through
+    /// [`Reconciler::apply_verified`].
     pub async fn apply(&self, desired: Desired) -> Result<Outcome, Error> {
-        self.apply_inner(desired, true).await
+        let stored = StoredBundle::Operator(desired.clone());
+        self.apply_inner(desired, Some(stored)).await
+    }
+
+    /// Applies a bundle from the hub that passed verification, with the delivery options signed
+    /// into it, and stores it signed so a restart can verify it again.
+    pub async fn apply_verified(&self, bundle: &VerifiedBundle) -> Result<Outcome, Error> {
+        let desired = match desired_of(bundle) {
+            Ok(d) => d,
+            Err(e) => {
+                let m = &bundle.meta;
+                let outcome = Outcome {
+                    delivery: m.delivery.clone(),
+                    revision: m.revision.clone(),
+                    sequence: m.sequence,
+                    status: Status::Refused,
+                    message: format!(
+                        "refused bundle {}#{}: its payload is not objects and options: {e}",
+                        m.delivery, m.sequence
+                    ),
+                    results: vec![],
+                    pruned: vec![],
+                    kept: vec![],
+                };
+                self.record(&outcome, None);
+                return Ok(outcome);
+            }
+        };
+        let stored = StoredBundle::Signed(bundle.to_signed());
+        self.apply_inner(desired, Some(stored)).await
     }
 
     /// Applies a bundle without storing it as the delivery's last verified one: for one-shot
     /// local applies (`flotilla-agent apply`).
     pub async fn apply_unstored(&self, desired: Desired) -> Result<Outcome, Error> {
-        self.apply_inner(desired, false).await
+        self.apply_inner(desired, None).await
     }
 
-    async fn apply_inner(&self, desired: Desired, persist: bool) -> Result<Outcome, Error> {
+    /// The last apply of every delivery applied or resumed since start.
+    pub fn deliveries(&self) -> BTreeMap<String, DeliveryState> {
+        self.inner
+            .states
+            .iter()
+            .map(|e| (e.key().clone(), e.value().clone()))
+            .collect()
+    }
+
+    /// Changes after every apply (a counter), to wake whoever reads [`Reconciler::deliveries`].
+    pub fn applied(&self) -> watch::Receiver<u64> {
+        self.inner.applied.subscribe()
+    }
+
+    /// Readiness of what `delivery` applied, read once now.
+    pub async fn health_now(&self, delivery: &str) -> HealthReport {
+        self.wait_healthy(delivery, Duration::ZERO).await
+    }
+
+    fn record(&self, outcome: &Outcome, inventory: Option<usize>) {
+        let drift = self
+            .inner
+            .options
+            .get(&outcome.delivery)
+            .map(|o| o.drift)
+            .unwrap_or_default();
+        let inventory = inventory.unwrap_or_else(|| {
+            self.inner
+                .tracked
+                .iter()
+                .filter(|t| t.delivery == outcome.delivery)
+                .count()
+        });
+        self.inner.states.insert(
+            outcome.delivery.clone(),
+            DeliveryState {
+                sequence: outcome.sequence,
+                revision: outcome.revision.clone(),
+                status: outcome.status,
+                message: outcome.message.clone(),
+                inventory,
+                drift,
+            },
+        );
+        self.inner.applied.send_modify(|n| *n += 1);
+    }
+
+    async fn apply_inner(
+        &self,
+        desired: Desired,
+        persist: Option<StoredBundle>,
+    ) -> Result<Outcome, Error> {
+        let outcome = self.apply_locked(desired, persist).await?;
+        self.record(&outcome, None);
+        Ok(outcome)
+    }
+
+    async fn apply_locked(
+        &self,
+        desired: Desired,
+        persist: Option<StoredBundle>,
+    ) -> Result<Outcome, Error> {
         let _guard = self.inner.apply_lock.lock().await;
         let d = desired.delivery.clone();
         let outcome = |status, message: String, results, pruned, kept| Outcome {
@@ -278,8 +446,8 @@ impl Reconciler {
             }
             objects.push((r, obj));
         }
-        if persist {
-            self.inner.store.save(&desired).await?;
+        if let Some(stored) = &persist {
+            self.inner.store.save(stored).await?;
         }
         self.inner
             .options
@@ -679,6 +847,18 @@ impl Reconciler {
             });
         }
     }
+}
+
+/// The reconciler's input from a verified bundle: its objects, with the options signed into it.
+fn desired_of(bundle: &VerifiedBundle) -> Result<Desired, serde_json::Error> {
+    let payload = bundle.decode()?;
+    Ok(Desired {
+        delivery: bundle.meta.delivery.clone(),
+        revision: bundle.meta.revision.clone(),
+        sequence: bundle.meta.sequence,
+        objects: payload.objects,
+        options: payload.options,
+    })
 }
 
 /// Scope of the kinds that CRDs in the bundle define: (group, kind) → namespaced.

@@ -4,29 +4,13 @@ use tracing::warn;
 
 use crate::apply::Action;
 use crate::connect::{ApplyResult, BundleSink, ObjectResult};
-use crate::reconcile::{Desired, Reconciler, Status};
+use crate::reconcile::{Reconciler, Status};
 use crate::verify::{self, VerifiedBundle};
 
 impl BundleSink for Reconciler {
     async fn apply(&self, bundle: VerifiedBundle) -> ApplyResult {
-        let objects = match bundle.objects() {
-            Ok(objects) => objects,
-            Err(e) => {
-                return ApplyResult {
-                    applied: false,
-                    message: format!("bundle payload is not a list of objects: {e}"),
-                    objects: Vec::new(),
-                };
-            }
-        };
-        let desired = Desired {
-            delivery: bundle.meta.delivery.clone(),
-            revision: bundle.meta.revision.clone(),
-            sequence: bundle.meta.sequence,
-            objects,
-            options: Default::default(),
-        };
-        match Reconciler::apply(self, desired).await {
+        // The delivery options are signed into the bundle; the signed bundle is what is stored.
+        match Reconciler::apply_verified(self, &bundle).await {
             Ok(outcome) => ApplyResult {
                 applied: outcome.status == Status::Applied,
                 message: outcome.message,

@@ -13,12 +13,16 @@
 //! signed by a key it already trusts.
 
 pub mod canonical;
+pub mod options;
 
 use std::collections::BTreeMap;
 
 use bytes::Bytes;
 pub use canonical::Digest;
 use ed25519_dalek::{Signer as _, Verifier as _};
+pub use options::{
+    ConflictPolicy, DeliveryOptions, DriftMode, IgnoreRule, Payload, decode_payload, encode_payload,
+};
 
 /// Errors of sealing and verifying bundles and key sets.
 #[derive(Debug, thiserror::Error)]
@@ -246,7 +250,7 @@ pub struct SignedBundle {
     pub header: Header,
     /// The hub's signature over the header.
     pub signature: Signature,
-    /// The canonical JSON array of objects.
+    /// The canonical payload (see [`options::encode_payload`]).
     pub payload: Bytes,
 }
 

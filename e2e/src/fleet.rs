@@ -55,8 +55,8 @@ pub struct Process {
 
 impl Process {
     fn spawn(mut cmd: Command, log: PathBuf) -> Result<Self> {
-        let file = std::fs::File::create(&log)
-            .with_context(|| format!("creating {}", log.display()))?;
+        let file =
+            std::fs::File::create(&log).with_context(|| format!("creating {}", log.display()))?;
         let child = cmd
             .stdout(Stdio::from(file.try_clone()?))
             .stderr(Stdio::from(file))
@@ -113,7 +113,12 @@ impl Repo {
         let out = Command::new("git")
             .arg("-C")
             .arg(&self.path)
-            .args(["-c", "user.name=flotilla-e2e", "-c", "user.email=e2e@flotilla.invalid"])
+            .args([
+                "-c",
+                "user.name=flotilla-e2e",
+                "-c",
+                "user.email=e2e@flotilla.invalid",
+            ])
             .args(args)
             .output()
             .context("running git")?;
@@ -197,14 +202,22 @@ pub struct Fleet {
 }
 
 fn free_port() -> Result<u16> {
-    Ok(std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
+    Ok(std::net::TcpListener::bind("127.0.0.1:0")?
+        .local_addr()?
+        .port())
 }
 
 impl Fleet {
     /// Starts the control planes, the hub, the agents, seeds the repository and applies the
     /// example fleet's `GitSource` and `Delivery` resources (with `interval`) .
-    pub async fn start(prefix: &str, workloads: &[WorkloadSpec], extra_hub_args: &[&str]) -> Result<Self> {
-        let dir = tempfile::Builder::new().prefix(&format!("flotilla-{prefix}-")).tempdir()?;
+    pub async fn start(
+        prefix: &str,
+        workloads: &[WorkloadSpec],
+        extra_hub_args: &[&str],
+    ) -> Result<Self> {
+        let dir = tempfile::Builder::new()
+            .prefix(&format!("flotilla-{prefix}-"))
+            .tempdir()?;
         let mgmt = TestCluster::start(&format!("{prefix}-mgmt")).await?;
         let mut clusters = Vec::new();
         for w in workloads {
@@ -225,11 +238,23 @@ impl Fleet {
                 .with_context(|| format!("applying CRD {name}"))?;
         }
         let crd_api = Api::<k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition>::all(mgmt_client.clone());
-        for name in ["gitsources.flotilla.dev", "clusters.flotilla.dev", "deliveries.flotilla.dev"] {
-            eventually(&format!("CRD {name} established"), Duration::from_secs(30), || async {
-                let crd = crd_api.get(name).await.ok()?;
-                crd.status?.conditions?.iter().any(|c| c.type_ == "Established" && c.status == "True").then_some(())
-            })
+        for name in [
+            "gitsources.flotilla.dev",
+            "clusters.flotilla.dev",
+            "deliveries.flotilla.dev",
+        ] {
+            eventually(
+                &format!("CRD {name} established"),
+                Duration::from_secs(30),
+                || async {
+                    let crd = crd_api.get(name).await.ok()?;
+                    crd.status?
+                        .conditions?
+                        .iter()
+                        .any(|c| c.type_ == "Established" && c.status == "True")
+                        .then_some(())
+                },
+            )
             .await?;
         }
 
@@ -239,10 +264,11 @@ impl Fleet {
             &mgmt.kubeconfig().display().to_string(),
             "--namespace",
             "flotilla-system",
+            // Fixed ports, so a restarted hub is where the agents look for it.
             "--registration-listen",
-            "127.0.0.1:0",
+            &format!("127.0.0.1:{}", free_port()?),
             "--delivery-listen",
-            "127.0.0.1:0",
+            &format!("127.0.0.1:{}", free_port()?),
             "--http-listen",
             &http,
             "--cache-dir",
@@ -295,9 +321,13 @@ impl Fleet {
 
     /// Applies the example fleet's hub resources (`examples/fleet/hub/fleet.yaml`) pointing at
     /// the repository, after `edit` had a chance to change them.
-    pub async fn apply_example(&self, edit: impl FnOnce(&mut Vec<serde_json::Value>)) -> Result<()> {
+    pub async fn apply_example(
+        &self,
+        edit: impl FnOnce(&mut Vec<serde_json::Value>),
+    ) -> Result<()> {
         let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples/fleet/hub/fleet.yaml");
-        let text = std::fs::read_to_string(&path)?.replace("REPO_URL", &self.repo.path.display().to_string());
+        let text = std::fs::read_to_string(&path)?
+            .replace("REPO_URL", &self.repo.path.display().to_string());
         let mut docs: Vec<serde_json::Value> = Vec::new();
         for doc in serde_yaml::Deserializer::from_str(&text) {
             let v = serde_json::Value::deserialize(doc)?;
@@ -315,16 +345,26 @@ impl Fleet {
         let discovery = kube::Discovery::new(client.clone()).run().await?;
         for doc in docs {
             let obj: kube::api::DynamicObject = serde_json::from_value(doc.clone())?;
-            let gvk = kube::api::GroupVersionKind::try_from(obj.types.as_ref().context("apiVersion/kind")?)?;
-            let (ar, caps) = discovery.resolve_gvk(&gvk).with_context(|| format!("unknown kind {gvk:?}"))?;
+            let gvk = kube::api::GroupVersionKind::try_from(
+                obj.types.as_ref().context("apiVersion/kind")?,
+            )?;
+            let (ar, caps) = discovery
+                .resolve_gvk(&gvk)
+                .with_context(|| format!("unknown kind {gvk:?}"))?;
             let name = obj.metadata.name.clone().unwrap_or_default();
             let api: Api<kube::api::DynamicObject> = match (&obj.metadata.namespace, caps.scope) {
-                (Some(ns), kube::discovery::Scope::Namespaced) => Api::namespaced_with(client.clone(), ns, &ar),
+                (Some(ns), kube::discovery::Scope::Namespaced) => {
+                    Api::namespaced_with(client.clone(), ns, &ar)
+                }
                 _ => Api::all_with(client.clone(), &ar),
             };
-            api.patch(&name, &PatchParams::apply("flotilla-e2e").force(), &Patch::Apply(doc))
-                .await
-                .with_context(|| format!("applying {} {name}", gvk.kind))?;
+            api.patch(
+                &name,
+                &PatchParams::apply("flotilla-e2e").force(),
+                &Patch::Apply(doc),
+            )
+            .await
+            .with_context(|| format!("applying {} {name}", gvk.kind))?;
         }
         Ok(())
     }
@@ -345,10 +385,19 @@ impl Fleet {
         let api = Api::<ConfigMap>::namespaced(self.mgmt.client().await?, "flotilla-system");
         let log = self.hub.as_ref().map(|h| h.log.clone());
         eventually("the hub's ConfigMap", Duration::from_secs(60), || async {
-            api.get_opt("flotilla-hub").await.ok().flatten().and_then(|cm| cm.data)
+            api.get_opt("flotilla-hub")
+                .await
+                .ok()
+                .flatten()
+                .and_then(|cm| cm.data)
         })
         .await
-        .with_context(|| format!("hub log: {:?}", log.map(|l| std::fs::read_to_string(l).unwrap_or_default())))
+        .with_context(|| {
+            format!(
+                "hub log: {:?}",
+                log.map(|l| std::fs::read_to_string(l).unwrap_or_default())
+            )
+        })
     }
 
     /// Starts workload `i`'s agent (the binary, as users run it).
@@ -359,8 +408,18 @@ impl Fleet {
         cmd.arg("--kubeconfig")
             .arg(w.cluster.kubeconfig())
             .args(["run", "--cluster", &w.spec.name])
-            .args(["--hub", info.get("deliveryUrl").map(String::as_str).unwrap_or_default()])
-            .args(["--hub-registration", info.get("registrationUrl").map(String::as_str).unwrap_or_default()])
+            .args([
+                "--hub",
+                info.get("deliveryUrl")
+                    .map(String::as_str)
+                    .unwrap_or_default(),
+            ])
+            .args([
+                "--hub-registration",
+                info.get("registrationUrl")
+                    .map(String::as_str)
+                    .unwrap_or_default(),
+            ])
             .arg("--hub-ca")
             .arg(w.dir.join("ca.crt"))
             .arg("--token-file")
@@ -372,40 +431,68 @@ impl Fleet {
 
     /// A delivery of the management cluster.
     pub async fn delivery(&self, namespace: &str, name: &str) -> Result<Delivery> {
-        Ok(Api::<Delivery>::namespaced(self.mgmt.client().await?, namespace).get(name).await?)
+        Ok(
+            Api::<Delivery>::namespaced(self.mgmt.client().await?, namespace)
+                .get(name)
+                .await?,
+        )
     }
 
     /// A cluster resource of the management cluster.
     pub async fn cluster(&self, name: &str) -> Result<Cluster> {
-        Ok(Api::<Cluster>::all(self.mgmt.client().await?).get(name).await?)
+        Ok(Api::<Cluster>::all(self.mgmt.client().await?)
+            .get(name)
+            .await?)
     }
 
     /// Waits until `namespace/name` is Ready with every targeted cluster at `commit`.
-    pub async fn wait_ready_at(&self, namespace: &str, name: &str, commit: &str, timeout: Duration) -> Result<Delivery> {
+    pub async fn wait_ready_at(
+        &self,
+        namespace: &str,
+        name: &str,
+        commit: &str,
+        timeout: Duration,
+    ) -> Result<Delivery> {
         let api = Api::<Delivery>::namespaced(self.mgmt.client().await?, namespace);
         let last = std::sync::Mutex::new(None);
-        let r = eventually(&format!("delivery {namespace}/{name} ready at {commit}"), timeout, || async {
-            let d = api.get(name).await.ok()?;
-            *last.lock().unwrap_or_else(|e| e.into_inner()) = d.status.clone();
-            let s = d.status.as_ref()?;
-            let ready = s.conditions.iter().any(|c| c.type_ == "Ready" && c.status == "True");
-            let at = !s.clusters.is_empty()
-                && s.clusters.iter().all(|c| c.revision.as_deref().is_some_and(|r| r.ends_with(commit)));
-            (ready && at).then_some(d)
-        })
+        let r = eventually(
+            &format!("delivery {namespace}/{name} ready at {commit}"),
+            timeout,
+            || async {
+                let d = api.get(name).await.ok()?;
+                *last.lock().unwrap_or_else(|e| e.into_inner()) = d.status.clone();
+                let s = d.status.as_ref()?;
+                let ready = s
+                    .conditions
+                    .iter()
+                    .any(|c| c.type_ == "Ready" && c.status == "True");
+                let at = !s.clusters.is_empty()
+                    && s.clusters
+                        .iter()
+                        .all(|c| c.revision.as_deref().is_some_and(|r| r.ends_with(commit)));
+                (ready && at).then_some(d)
+            },
+        )
         .await;
         r.with_context(|| {
             format!(
                 "last status: {}\nhub log tail:\n{}",
-                serde_json::to_string_pretty(&*last.lock().unwrap_or_else(|e| e.into_inner())).unwrap_or_default(),
-                self.hub.as_ref().map(|h| tail(&h.log_text(), 30)).unwrap_or_default()
+                serde_json::to_string_pretty(&*last.lock().unwrap_or_else(|e| e.into_inner()))
+                    .unwrap_or_default(),
+                self.hub
+                    .as_ref()
+                    .map(|h| tail(&h.log_text(), 30))
+                    .unwrap_or_default()
             )
         })
     }
 
     /// A workload by name.
     pub fn workload(&self, name: &str) -> &Workload {
-        self.workloads.iter().find(|w| w.spec.name == name).expect("a workload of this fleet")
+        self.workloads
+            .iter()
+            .find(|w| w.spec.name == name)
+            .expect("a workload of this fleet")
     }
 }
 

@@ -10,8 +10,8 @@
 //! ```
 
 pub mod bench;
-pub mod fleet;
 pub mod controlplane;
+pub mod fleet;
 pub mod sim;
 
 pub use controlplane::TestCluster;
@@ -63,13 +63,19 @@ pub fn skip_unless_e2e() -> bool {
 /// the running test if needed, so e2e tests can run real flotilla processes.
 pub fn workspace_binary(package: &str, bin: &str) -> anyhow::Result<std::path::PathBuf> {
     use anyhow::Context as _;
-    // Test executables live in <target>/<profile>/deps/.
     let exe = std::env::current_exe().context("locating the test executable")?;
-    let profile_dir = exe
+    // Test executables live in <target>/<profile>/deps/, binaries (bench) in <target>/<profile>/.
+    let parent = exe
         .parent()
-        .and_then(|d| d.parent())
-        .context("the test executable is not in <target>/<profile>/deps")?
-        .to_path_buf();
+        .context("locating the test executable's directory")?;
+    let profile_dir = if parent.file_name().is_some_and(|n| n == "deps") {
+        parent
+            .parent()
+            .context("the test executable is not in <target>/<profile>/deps")?
+    } else {
+        parent
+    }
+    .to_path_buf();
     let release = profile_dir.file_name().is_some_and(|n| n == "release");
     let mut cmd =
         std::process::Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()));

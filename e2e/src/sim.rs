@@ -164,7 +164,7 @@ impl BundleSink for AckingSink {
             Err(e) => {
                 return ApplyResult {
                     applied: false,
-                    message: format!("payload is not a JSON array of objects: {e}"),
+                    message: format!("payload is not objects and options: {e}"),
                     objects: Vec::new(),
                 };
             }

@@ -374,7 +374,7 @@ async fn a_restarted_agent_resumes_from_the_stored_bundle() -> Result<()> {
     kubectl(&c, &["-n", "app", "delete", "configmap", "cfg"], None)?;
     // A new agent with no hub resumes from what the previous one stored, and corrects drift.
     let second = reconciler(&c).await?;
-    let resumed = second.resume().await?;
+    let resumed = second.resume(None).await?.outcomes;
     assert_eq!(resumed.len(), 1);
     assert_eq!(resumed[0].sequence, 7);
     let cms: Api<ConfigMap> = Api::namespaced(client, "app");

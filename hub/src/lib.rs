@@ -11,9 +11,12 @@ pub mod cli_cluster;
 pub mod controller;
 pub mod delivery;
 pub mod fleet;
+pub mod leader;
+pub mod notify;
 pub mod server;
 pub mod source;
 pub mod state;
+pub mod webhook;
 
 /// The version of this build, as printed by `--version`.
 pub const VERSION: &str = env!("CARGO_PKG_VERSION");

@@ -19,6 +19,7 @@ use tracing::info;
 use crate::controller::{self, Controller, Stores};
 use crate::delivery::{self, Hub};
 use crate::fleet::{FIELD_MANAGER, KubeRegistry};
+use crate::leader::{LeaderElector, LeaseConfig};
 use crate::source::GitCache;
 
 /// Runs the flotilla hub in a management cluster.
@@ -65,6 +66,29 @@ pub struct Args {
     #[arg(long, env = "FLOTILLA_HTTP_LISTEN", default_value = "0.0.0.0:8080")]
     pub http_listen: SocketAddr,
 
+    /// File holding the secret GitHub signs push events with (`/hooks/github`; disabled
+    /// without it).
+    #[arg(long, env = "FLOTILLA_GITHUB_WEBHOOK_SECRET_FILE")]
+    pub github_webhook_secret_file: Option<PathBuf>,
+
+    /// File holding the token GitLab sends with push events (`/hooks/gitlab`; disabled without
+    /// it).
+    #[arg(long, env = "FLOTILLA_GITLAB_WEBHOOK_TOKEN_FILE")]
+    pub gitlab_webhook_token_file: Option<PathBuf>,
+
+    /// Failure and recovery notifications: a YAML file of providers (see docs/hub.md).
+    #[arg(long, env = "FLOTILLA_NOTIFICATIONS")]
+    pub notifications: Option<PathBuf>,
+
+    /// Run only while holding the `flotilla-hub` Lease in the hub's namespace, so two replicas
+    /// never both write; a replica that loses the Lease exits (and is restarted to wait).
+    #[arg(long, env = "FLOTILLA_LEADER_ELECT", default_value_t = true, action = clap::ArgAction::Set)]
+    pub leader_elect: bool,
+
+    /// This replica's identity in the Lease (default: `POD_NAME`, else host name and pid).
+    #[arg(long, env = "POD_NAME")]
+    pub identity: Option<String>,
+
     /// Where fetched repositories are cached.
     #[arg(
         long,
@@ -98,11 +122,37 @@ impl Args {
             .await
             .with_context(|| format!("creating the hub's namespace {}", self.namespace))?;
 
+        let shutdown = CancellationToken::new();
+        let mut leading = None;
+        if self.leader_elect {
+            let identity = self.identity.clone().unwrap_or_else(|| {
+                let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
+                    .map(|h| h.trim().to_owned())
+                    .unwrap_or_else(|_| "hub".into());
+                format!("{host}-{}", std::process::id())
+            });
+            let elector = LeaderElector::new(
+                client.clone(),
+                LeaseConfig::new(&self.namespace, "flotilla-hub", &identity),
+            )?;
+            let leadership = elector.run(shutdown.clone());
+            let mut rx = leadership.is_leader.clone();
+            info!(%identity, "waiting to lead (Lease flotilla-hub)");
+            tokio::select! {
+                r = rx.wait_for(|leads| *leads) => { r.context("leader election stopped")?; }
+                _ = shutdown_signal() => {
+                    shutdown.cancel();
+                    return Ok(());
+                }
+            }
+            info!(%identity, "leading");
+            leading = Some(leadership);
+        }
+
         let ca = crate::state::load_or_create_ca(&client, &self.namespace).await?;
         let signing_key =
             crate::state::load_or_create_signing_key(&client, &self.namespace).await?;
 
-        let shutdown = CancellationToken::new();
         let trigger = Arc::new(Notify::new());
         let stores = Stores::start(
             &client,
@@ -171,7 +221,20 @@ impl Args {
             trigger,
             controller::Config::default(),
         );
+        let mut controller = controller;
+        if let Some(path) = &self.notifications {
+            let config = crate::notify::NotifyConfig::load(path)?;
+            controller.set_notifier(crate::notify::Notifier::new(config));
+        }
+        let pushes = controller.push_sender();
         let running = tokio::spawn(controller.run(shutdown.clone()));
+        let webhooks = crate::webhook::WebhookConfig::from_files(
+            self.github_webhook_secret_file.as_deref(),
+            self.gitlab_webhook_token_file.as_deref(),
+        )?;
+        let on_push: crate::webhook::OnPush = Arc::new(move |event: crate::webhook::PushEvent| {
+            let _ = pushes.send(event.repository_urls);
+        });
 
         let http = TcpListener::bind(self.http_listen)
             .await
@@ -179,7 +242,8 @@ impl Args {
         info!(address = %http.local_addr()?, "serving HTTP");
         let router = axum::Router::new()
             .route("/healthz", axum::routing::get(|| async { "ok\n" }))
-            .route("/readyz", axum::routing::get(|| async { "ok\n" }));
+            .route("/readyz", axum::routing::get(|| async { "ok\n" }))
+            .merge(crate::webhook::router(webhooks, on_push));
         let http_task = {
             let stop = shutdown.clone();
             tokio::spawn(async move {
@@ -189,12 +253,31 @@ impl Args {
             })
         };
 
-        shutdown_signal().await;
+        let lost = async {
+            match &leading {
+                Some(l) => {
+                    let mut rx = l.is_leader.clone();
+                    let _ = rx.wait_for(|leads| !*leads).await;
+                }
+                None => std::future::pending().await,
+            }
+        };
+        let lost_leadership = tokio::select! {
+            _ = shutdown_signal() => false,
+            _ = lost => true,
+        };
         info!("hub stopping");
         shutdown.cancel();
         let _ = running.await;
         let _ = http_task.await;
         serving.await.context("the delivery server task")??;
+        if let Some(l) = leading {
+            // Cancelled above: the elector releases the Lease so another replica takes over now.
+            let _ = l.task.await;
+        }
+        if lost_leadership {
+            anyhow::bail!("lost the flotilla-hub Lease: stopping so that only the leader writes");
+        }
         info!("hub stopped");
         Ok(())
     }

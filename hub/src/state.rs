@@ -112,7 +112,7 @@ pub async fn load_or_create_ca(client: &Client, namespace: &str) -> Result<HubCa
     let api = Api::<Secret>::namespaced(client.clone(), namespace);
     let secret = get_or_create(&api, namespace, CA_SECRET, || {
         let ca = HubCa::generate("flotilla hub CA").expect("generating a CA key");
-        let data = BTreeMap::from([
+        BTreeMap::from([
             (
                 "tls.crt".into(),
                 ByteString(ca.cert_pem().as_bytes().to_vec()),
@@ -121,8 +121,7 @@ pub async fn load_or_create_ca(client: &Client, namespace: &str) -> Result<HubCa
                 "tls.key".into(),
                 ByteString(ca.key_pem().as_bytes().to_vec()),
             ),
-        ]);
-        data
+        ])
     })
     .await?;
     let corrupt = |why: &str| Error::Corrupt {

@@ -14,7 +14,7 @@ use bytes::Bytes;
 use flotilla_bundle::{SignedKeySet, TrustedKeys};
 use flotilla_proto::{PROTOCOL_VERSION, check_compatible, convert, pb};
 use rcgen::{CertificateParams, KeyPair};
-use tokio::sync::{mpsc, watch};
+use tokio::sync::{Notify, mpsc, watch};
 use tokio_stream::wrappers::ReceiverStream;
 use tokio_util::sync::CancellationToken;
 use tonic::codec::CompressionEncoding;
@@ -117,7 +117,8 @@ impl std::fmt::Debug for ClientIdentity {
     }
 }
 
-fn der_to_pem(label: &str, der: &[u8]) -> String {
+/// Wraps DER bytes in a PEM block.
+pub(crate) fn der_to_pem(label: &str, der: &[u8]) -> String {
     use base64::Engine as _;
     let b64 = base64::engine::general_purpose::STANDARD.encode(der);
     let mut out = format!("-----BEGIN {label}-----\n");
@@ -309,6 +310,96 @@ pub struct Progress {
     pub rejected: u64,
     /// Certificates renewed so far.
     pub renewals: u64,
+    /// Newer key sets adopted so far.
+    pub key_sets: u64,
+}
+
+/// The health of a delivery, as reported to the hub.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum Health {
+    /// Not known yet.
+    #[default]
+    Unknown,
+    /// Applied and every object ready.
+    Healthy,
+    /// Applied, some objects not ready yet.
+    Progressing,
+    /// Applying failed, or an object will not become ready without a change.
+    Degraded,
+}
+
+/// The state of one delivery in the workload cluster, for the hub.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Report {
+    /// The delivery.
+    pub delivery: String,
+    /// The sequence of the bundle it runs.
+    pub sequence: u64,
+    /// Its health.
+    pub health: Health,
+    /// Objects drifted now.
+    pub drifted_objects: u32,
+    /// Objects in its inventory.
+    pub inventory_objects: u32,
+    /// Why, in a user's words.
+    pub message: String,
+    /// The drifted objects (Kind/namespace/name), at most 20.
+    pub drifted: Vec<String>,
+}
+
+impl Report {
+    fn to_pb(&self) -> pb::AgentMessage {
+        let health = match self.health {
+            Health::Unknown => pb::Health::Unspecified,
+            Health::Healthy => pb::Health::Healthy,
+            Health::Progressing => pb::Health::Progressing,
+            Health::Degraded => pb::Health::Degraded,
+        };
+        pb::AgentMessage {
+            kind: Some(pb::agent_message::Kind::Report(pb::Report {
+                delivery: self.delivery.clone(),
+                sequence: self.sequence,
+                health: health as i32,
+                drifted_objects: self.drifted_objects,
+                inventory_objects: self.inventory_objects,
+                message: self.message.clone(),
+                drifted: self.drifted.clone(),
+            })),
+        }
+    }
+}
+
+/// Reports waiting to go to the hub: at most one per delivery (a newer one replaces an unsent
+/// older one). Kept while disconnected and sent once the stream is up again. Cheap to clone.
+#[derive(Clone, Debug, Default)]
+pub struct ReportQueue {
+    inner: Arc<(Mutex<BTreeMap<String, Report>>, Notify)>,
+}
+
+impl ReportQueue {
+    /// Queues `report`, replacing an unsent one for the same delivery.
+    pub fn push(&self, report: Report) {
+        self.inner
+            .0
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(report.delivery.clone(), report);
+        self.inner.1.notify_one();
+    }
+
+    fn take(&self) -> Vec<Report> {
+        std::mem::take(&mut *self.inner.0.lock().unwrap_or_else(|e| e.into_inner()))
+            .into_values()
+            .collect()
+    }
+
+    /// Puts back reports that could not be sent, unless newer ones were queued meanwhile.
+    fn put_back(&self, reports: Vec<Report>) {
+        let mut q = self.inner.0.lock().unwrap_or_else(|e| e.into_inner());
+        for r in reports {
+            q.entry(r.delivery.clone()).or_insert(r);
+        }
+    }
 }
 
 #[derive(Debug)]
@@ -324,6 +415,7 @@ pub struct Agent<S> {
     state: Mutex<State>,
     sink: Arc<S>,
     progress: watch::Sender<Progress>,
+    reports: ReportQueue,
 }
 
 /// What the agent keeps across restarts: identity, trusted keys and held sequences.
@@ -374,7 +466,13 @@ impl<S: BundleSink> Agent<S> {
             }),
             sink,
             progress: watch::channel(Progress::default()).0,
+            reports: ReportQueue::default(),
         }
+    }
+
+    /// The queue of reports this agent sends to the hub.
+    pub fn reports(&self) -> ReportQueue {
+        self.reports.clone()
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, State> {
@@ -392,7 +490,8 @@ impl<S: BundleSink> Agent<S> {
         }
     }
 
-    /// Watches sessions, applied and rejected bundles.
+    /// Watches sessions, applied and rejected bundles, renewals and key sets: what changes the
+    /// [`Agent::snapshot`].
     pub fn progress(&self) -> watch::Receiver<Progress> {
         self.progress.subscribe()
     }
@@ -497,6 +596,20 @@ impl<S: BundleSink> Agent<S> {
                         return Ok(());
                     }
                 }
+                _ = self.reports.inner.1.notified() => {
+                    let reports = self.reports.take();
+                    let mut unsent = Vec::new();
+                    for r in reports {
+                        if !unsent.is_empty() || tx.send(r.to_pb()).await.is_err() {
+                            unsent.push(r);
+                        }
+                    }
+                    if !unsent.is_empty() {
+                        // The stream is gone; the next session sends them.
+                        self.reports.put_back(unsent);
+                        return Ok(());
+                    }
+                }
                 _ = heartbeat.tick() => {
                     if last_heard.elapsed() > interval * 3 {
                         return Err(Error::HeartbeatTimeout(interval * 3));
@@ -549,7 +662,10 @@ impl<S: BundleSink> Agent<S> {
     fn adopt_key_set(&self, set: pb::KeySet) {
         match convert::key_set_from_pb(set) {
             Ok(set) => match self.lock().verifier.accept_key_set(set) {
-                Ok(true) => info!("trusted signing keys updated"),
+                Ok(true) => {
+                    info!("trusted signing keys updated");
+                    self.progress.send_modify(|p| p.key_sets += 1);
+                }
                 Ok(false) => {}
                 Err(e) => warn!(error = %e, "key set refused"),
             },

@@ -8,7 +8,9 @@
 use std::collections::BTreeMap;
 
 use bytes::Bytes;
-use flotilla_bundle::{BundleMeta, Digest, SignedBundle, SignedKeySet, TrustedKeys};
+use flotilla_bundle::{
+    BundleMeta, Digest, Header, Payload, Signature, SignedBundle, SignedKeySet, TrustedKeys,
+};
 
 /// Why a bundle or key set was refused.
 #[derive(Debug, thiserror::Error)]
@@ -79,15 +81,66 @@ pub struct VerifiedBundle {
     pub meta: BundleMeta,
     /// The payload's digest.
     pub digest: Digest,
-    /// The canonical JSON array of objects.
+    /// The hub's signature, kept so the bundle can be stored and verified again at restart.
+    pub signature: Signature,
+    /// The canonical payload: objects and delivery options.
     pub payload: Bytes,
 }
 
 impl VerifiedBundle {
-    /// Parses the payload into its objects.
-    pub fn objects(&self) -> Result<Vec<serde_json::Value>, serde_json::Error> {
-        flotilla_bundle::canonical::decode_objects(&self.payload)
+    /// Parses the payload into its objects and delivery options.
+    pub fn decode(&self) -> Result<Payload, serde_json::Error> {
+        flotilla_bundle::decode_payload(&self.payload)
     }
+
+    /// Parses the payload's objects.
+    pub fn objects(&self) -> Result<Vec<serde_json::Value>, serde_json::Error> {
+        self.decode().map(|p| p.objects)
+    }
+
+    /// The signed bundle again, as received: to persist and re-verify later.
+    pub fn to_signed(&self) -> SignedBundle {
+        SignedBundle {
+            header: Header {
+                meta: self.meta.clone(),
+                digest: self.digest,
+            },
+            signature: self.signature.clone(),
+            payload: self.payload.clone(),
+        }
+    }
+}
+
+/// Verifies a bundle the agent stored itself, at restart: a trusted key signed it, the payload
+/// matches the digest and it names `cluster`. Neither sequence nor expiry is checked: the stored
+/// bundle is by construction the newest one the agent accepted, and it remains the desired state
+/// of its delivery until the hub sends a newer one, however long the hub stays away.
+pub fn verify_stored(
+    bundle: SignedBundle,
+    cluster: &str,
+    trusted: &TrustedKeys,
+) -> Result<VerifiedBundle> {
+    let meta = &bundle.header.meta;
+    bundle.verify_seal(trusted).map_err(|source| Error::Seal {
+        cluster: meta.cluster.clone(),
+        delivery: meta.delivery.clone(),
+        sequence: meta.sequence,
+        source: Box::new(source),
+    })?;
+    if meta.cluster != cluster {
+        return Err(Error::WrongAudience {
+            delivery: meta.delivery.clone(),
+            sequence: meta.sequence,
+            got: meta.cluster.clone(),
+            expected: cluster.to_owned(),
+        });
+    }
+    Ok(VerifiedBundle {
+        meta: bundle.header.meta,
+        digest: bundle.header.digest,
+        signature: bundle.signature,
+        payload: bundle.payload,
+    })
 }
 
 /// What to do with a verified bundle.
@@ -177,6 +230,7 @@ impl Verifier {
         let verified = VerifiedBundle {
             meta: bundle.header.meta,
             digest: bundle.header.digest,
+            signature: bundle.signature,
             payload: bundle.payload,
         };
         match verified.meta.sequence.cmp(&held) {

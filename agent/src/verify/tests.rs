@@ -114,3 +114,23 @@ fn key_rollover_through_a_signed_key_set() {
     assert!(v.verify(seal(&old, "eu-1", 3, NOW + 60), NOW).is_err());
     v.verify(seal(&new, "eu-1", 3, NOW + 60), NOW).unwrap();
 }
+
+#[test]
+fn stored_bundles_are_verified_again_without_sequence_or_expiry() {
+    let key = SigningKey::generate().unwrap();
+    let trusted = TrustedKeys::new([key.public_key()]);
+    // Expired long ago and at a sequence the verifier holds: still the stored desired state.
+    let bundle = seal(&key, "eu-1", 5, 10);
+    let verified = verify_stored(bundle.clone(), "eu-1", &trusted).unwrap();
+    assert_eq!(verified.to_signed(), bundle);
+    assert_eq!(verified.objects().unwrap().len(), 1);
+
+    let mut tampered = bundle.clone();
+    tampered.payload = Bytes::from_static(b"[{\"kind\":\"Secret\"}]");
+    let err = verify_stored(tampered, "eu-1", &trusted).unwrap_err();
+    assert!(matches!(err, Error::Seal { .. }), "{err}");
+    let err = verify_stored(bundle.clone(), "us-1", &trusted).unwrap_err();
+    assert!(matches!(err, Error::WrongAudience { .. }), "{err}");
+    let other = TrustedKeys::new([SigningKey::generate().unwrap().public_key()]);
+    assert!(verify_stored(bundle, "eu-1", &other).is_err());
+}

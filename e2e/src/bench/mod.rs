@@ -5,6 +5,7 @@
 pub mod apply;
 pub mod drift;
 pub mod fanout;
+pub mod loop_;
 pub mod render;
 
 use std::path::{Path, PathBuf};

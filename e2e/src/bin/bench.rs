@@ -28,6 +28,9 @@ enum Cmd {
     /// Publish a revision to N simulated agents over mTLS; time until all verified and acked,
     /// against the same agents polling over HTTPS.
     Fanout(bench::fanout::FanoutArgs),
+    /// Commit to applied-and-available on two workload clusters through the real hub and agents,
+    /// via webhook and via polling, against kubectl kustomize + server-side apply per cluster.
+    Loop(bench::loop_::LoopArgs),
     /// The hub child process of `fanout` (internal).
     #[command(hide = true)]
     FanoutHub(bench::fanout::FanoutHubArgs),
@@ -53,6 +56,7 @@ fn main() -> Result<()> {
         Cmd::Apply(a) => runtime()?.block_on(bench::apply::run(&a)),
         Cmd::Drift(a) => runtime()?.block_on(bench::drift::run(&a)),
         Cmd::Fanout(a) => runtime()?.block_on(bench::fanout::run(a)),
+        Cmd::Loop(a) => runtime()?.block_on(bench::loop_::run(&a)),
         Cmd::FanoutHub(a) => runtime()?.block_on(bench::fanout::run_hub(a)),
         Cmd::Render(a) => bench::render::run(&a),
         Cmd::RenderChild { dir, clusters } => bench::render::run_child(&dir, clusters),

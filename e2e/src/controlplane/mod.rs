@@ -468,6 +468,8 @@ async fn start(name: &str, bin: &Path, owner: Option<ProcessRecord>) -> Result<S
             "--kube-api-burst=600".into(),
             "--concurrent-deployment-syncs=20".into(),
             "--concurrent-replicaset-syncs=20".into(),
+            // A loaded 2-core machine can delay kwok's heartbeats; don't evict for that.
+            "--node-monitor-grace-period=2m".into(),
         ],
     )?;
     c.spawn(
@@ -486,6 +488,10 @@ async fn start(name: &str, bin: &Path, owner: Option<ProcessRecord>) -> Result<S
             kc.clone(),
             "--manage-all-nodes=true".into(),
             "--server-address=".into(),
+            // Without a node lease kwok refreshes the node's status only about once a
+            // minute, past the controller manager's grace period on a busy machine: the node
+            // turns NotReady and every Pod with it. A lease is renewed every few seconds.
+            "--node-lease-duration-seconds=40".into(),
         ],
     )?;
     create_node(&client).await?;

@@ -447,7 +447,7 @@ pub struct DeliveryStatus {
 pub struct DeliveryClusterStatus {
     /// The cluster's name.
     pub name: String,
-    /// The revision applied there, if any.
+    /// The source revision last sent there (applied there once `ready`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub revision: Option<String>,
     /// The bundle sequence last sent there.

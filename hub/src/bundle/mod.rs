@@ -6,7 +6,7 @@
 
 use bytes::Bytes;
 use flotilla_bundle::{
-    BundleMeta, KeyId, KeySet, PublicKey, SignedBundle, SignedKeySet, SigningKey, canonical,
+    BundleMeta, DeliveryOptions, KeyId, KeySet, PublicKey, SignedBundle, SignedKeySet, SigningKey,
 };
 use serde_json::Value;
 
@@ -30,9 +30,16 @@ pub enum Error {
 /// A convenient result type for this module.
 pub type Result<T, E = Error> = std::result::Result<T, E>;
 
-/// Encodes a rendered object set canonically.
+/// Encodes a rendered object set with default delivery options as the canonical bundle
+/// payload `{"objects":[...],"options":{...}}` (what [`crate::delivery::Hub::publish`] seals).
 pub fn encode(objects: &[Value]) -> Bytes {
-    Bytes::from(canonical::encode_objects(objects))
+    encode_with_options(objects, &DeliveryOptions::default())
+}
+
+/// Encodes a rendered object set and its delivery options as the canonical bundle payload
+/// (what [`crate::delivery::Hub::publish_with_options`] seals).
+pub fn encode_with_options(objects: &[Value], options: &DeliveryOptions) -> Bytes {
+    flotilla_bundle::encode_payload(objects, options)
 }
 
 /// The hub's signing keys: the active one and the ones agents are told to trust.

@@ -94,6 +94,7 @@ pub struct Deliveries {
     reconcile_handled: HashMap<DeliveryKey, String>,
     last_seen: HashMap<String, String>,
     render_options: flotilla_render::Options,
+    notifier: Option<crate::notify::Notifier>,
 }
 
 fn key(namespace: &str, name: &str) -> DeliveryKey {
@@ -242,7 +243,18 @@ impl Deliveries {
             reconcile_handled: HashMap::new(),
             last_seen: HashMap::new(),
             render_options: flotilla_render::Options::default(),
+            notifier: None,
         }
+    }
+
+    /// Sends failure and recovery notifications through `notifier`.
+    pub fn set_notifier(&mut self, notifier: crate::notify::Notifier) {
+        self.notifier = Some(notifier);
+    }
+
+    /// The delivery side this controller publishes through.
+    pub fn hub(&self) -> &Hub {
+        &self.hub
     }
 
     /// Closes the streams of clusters that were revoked or removed since the last pass.
@@ -392,6 +404,14 @@ impl Deliveries {
             }
         }
 
+        let wire_options: crate::delivery::DeliveryOptions =
+            match serde_json::from_value(options.clone()) {
+                Ok(o) => o,
+                Err(e) => {
+                    stalled(format!("delivery options: {e}"), &mut status);
+                    return status;
+                }
+            };
         let source_key = sources::key(&ns, &d.spec.source_ref.name);
         let snapshot = sources.snapshot(&source_key);
         if let Some(s) = &snapshot {
@@ -543,7 +563,7 @@ impl Deliveries {
             let p = slot.published.as_mut().expect("checked");
             if p.restored {
                 // After a restart: hold the bundle again under the sequence the agent has.
-                let payload = crate::bundle::encode(&cand.objects);
+                let payload = crate::bundle::encode_with_options(&cand.objects, &wire_options);
                 match self
                     .hub
                     .restore_encoded(&cname, &name, &p.revision, payload, p.sequence)
@@ -601,10 +621,13 @@ impl Deliveries {
                 slot.blocked = Some(why);
                 continue;
             }
-            match self
-                .hub
-                .publish(&cname, &name, &cand.revision, &cand.objects)
-            {
+            match self.hub.publish_with_options(
+                &cname,
+                &name,
+                &cand.revision,
+                &cand.objects,
+                &wire_options,
+            ) {
                 Ok(sequence) => {
                     info!(delivery = %dkey, cluster = %cname, revision = %cand.revision, sequence, objects = cand.objects.len(), "published");
                     slot.published = Some(Published {
@@ -635,6 +658,24 @@ impl Deliveries {
                 n_ready += 1;
                 ready.insert((dkey.clone(), cname.clone()));
             }
+            // Only settled states are news: ready (a recovery, if it failed before) or a
+            // failure; work under way is neither.
+            if let Some(n) = &self.notifier
+                && (view.ready || is_failure(view.reason) || view.reason == reason::DRIFT_DETECTED)
+            {
+                n.observe(crate::notify::Observation {
+                    cluster: cname.clone(),
+                    delivery: dkey.clone(),
+                    revision: snapshot
+                        .as_ref()
+                        .map(Snapshot::revision)
+                        .or_else(|| published.map(|p| p.effective_revision.clone()))
+                        .unwrap_or_default(),
+                    ready: view.ready,
+                    reason: view.reason.to_owned(),
+                    message: view.message.clone(),
+                });
+            }
             let partition = d.spec.rollout.as_ref().and_then(|r| {
                 r.partitions
                     .iter()
@@ -661,7 +702,7 @@ impl Deliveries {
                 .or_default()
                 .push(ClusterDeliveryStatus {
                     name: name.clone(),
-                    revision: applied.or_else(|| published.map(|p| p.effective_revision.clone())),
+                    revision: applied,
                     desired_revision: snapshot.as_ref().map(Snapshot::revision),
                     sequence: published.map(|p| p.sequence).unwrap_or(0),
                     ready: view.ready,
@@ -874,8 +915,8 @@ impl Deliveries {
                 ))
             } else {
                 // A cluster already updating (in flight) takes a new revision without using budget.
-                let counted = !(slot(&n).is_some_and(|s| s.published.is_some())
-                    && !views.get(&n).is_some_and(|v| v.ready));
+                let counted = slot(&n).is_none_or(|s| s.published.is_none())
+                    || views.get(&n).is_some_and(|v| v.ready);
                 if counted {
                     budget -= 1;
                 }
@@ -969,7 +1010,20 @@ impl Deliveries {
     ) {
         let overdue = p.at.elapsed() >= limits.timeout;
         let connected = self.hub.is_connected(cname);
-        let ack = self.hub.ack(cname, name);
+        let mut ack = self.hub.ack(cname, name);
+        // A restarted hub has no acks of bundles the agents applied before: an agent's report
+        // for the same sequence (sent at every reconnection) says it holds and applied it.
+        if ack.as_ref().is_none_or(|a| a.sequence != p.sequence)
+            && super::observed::report_for(&self.hub, cname, name)
+                .is_some_and(|r| r.sequence == p.sequence)
+        {
+            ack = Some(crate::delivery::AckRecord {
+                sequence: p.sequence,
+                outcome: AckOutcome::Applied,
+                message: String::new(),
+                objects: Vec::new(),
+            });
+        }
         match ack {
             Some(a) if a.sequence == p.sequence => match a.outcome {
                 AckOutcome::Applied => {

@@ -143,6 +143,10 @@ pub struct Controller {
     deliveries: Deliveries,
     trigger: Arc<Notify>,
     config: Config,
+    pushes: (
+        tokio::sync::mpsc::UnboundedSender<Vec<String>>,
+        tokio::sync::mpsc::UnboundedReceiver<Vec<String>>,
+    ),
 }
 
 impl std::fmt::Debug for Controller {
@@ -174,6 +178,35 @@ impl Controller {
             registry,
             trigger,
             config,
+            pushes: tokio::sync::mpsc::unbounded_channel(),
+        }
+    }
+
+    /// Sends failure and recovery notifications of each (cluster, delivery) through `notifier`.
+    pub fn set_notifier(&mut self, notifier: crate::notify::Notifier) {
+        self.deliveries.set_notifier(notifier);
+    }
+
+    /// Where the webhook receiver sends the repository URLs of a push: every source whose URL
+    /// names the same repository is fetched at once.
+    pub fn push_sender(&self) -> tokio::sync::mpsc::UnboundedSender<Vec<String>> {
+        self.pushes.0.clone()
+    }
+
+    fn fetch_pushed(&self, urls: &[String]) {
+        let mut matched = false;
+        for (key, url) in self.sources.urls() {
+            if urls
+                .iter()
+                .any(|u| crate::webhook::same_repository(u, &url))
+            {
+                info!(source = %key, "push received: fetching now");
+                self.sources.fetch_now(&key);
+                matched = true;
+            }
+        }
+        if !matched {
+            info!(?urls, "push received for a repository no GitSource follows");
         }
     }
 
@@ -184,6 +217,21 @@ impl Controller {
 
     /// Runs passes until `shutdown`.
     pub async fn run(mut self, shutdown: CancellationToken) {
+        // Agents' acks, reports and connections wake the controller too.
+        let mut changes = self.deliveries.hub().subscribe_changes();
+        let trigger = self.trigger.clone();
+        let stop = shutdown.clone();
+        tokio::spawn(async move {
+            loop {
+                tokio::select! {
+                    _ = stop.cancelled() => break,
+                    change = changes.recv() => match change {
+                        Ok(_) | Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => trigger.notify_one(),
+                        Err(tokio::sync::broadcast::error::RecvError::Closed) => break,
+                    },
+                }
+            }
+        });
         self.stores.ready().await;
         info!(
             sources = self.stores.sources.state().len(),
@@ -196,6 +244,7 @@ impl Controller {
             tokio::select! {
                 _ = shutdown.cancelled() => break,
                 _ = self.trigger.notified() => {}
+                Some(urls) = self.pushes.1.recv() => self.fetch_pushed(&urls),
                 _ = tokio::time::sleep(self.config.resync) => {}
             }
             tokio::time::sleep(self.config.debounce).await;

@@ -30,11 +30,31 @@ pub struct AgentView {
 }
 
 /// The latest report of `cluster`'s agent for `delivery`.
-pub fn report_for(_hub: &Hub, _cluster: &str, _delivery: &str) -> Option<ReportView> {
-    None
+pub fn report_for(hub: &Hub, cluster: &str, delivery: &str) -> Option<ReportView> {
+    let r = hub.report(cluster, delivery)?;
+    let mut message = r.message.clone();
+    if !r.drifted.is_empty() {
+        let drifted = format!("drifted: {}", r.drifted.join(", "));
+        message = if message.is_empty() {
+            drifted
+        } else {
+            format!("{message}; {drifted}")
+        };
+    }
+    Some(ReportView {
+        sequence: r.sequence,
+        health: format!("{:?}", r.health),
+        drifted_objects: r.drifted_objects,
+        inventory_objects: r.inventory_objects,
+        message,
+    })
 }
 
 /// What the hub knows of `cluster`'s agent.
-pub fn agent_info_for(_hub: &Hub, _cluster: &str) -> Option<AgentView> {
-    None
+pub fn agent_info_for(hub: &Hub, cluster: &str) -> Option<AgentView> {
+    let a = hub.agent_info(cluster)?;
+    Some(AgentView {
+        agent_version: Some(a.agent_version),
+        last_seen: Some(a.last_seen),
+    })
 }

@@ -5,6 +5,23 @@
 //! Two listeners, both TLS, neither plaintext: the registration listener authenticates only
 //! the hub (an agent has no certificate yet); the delivery listener requires a client
 //! certificate chained to the hub CA and takes the agent's cluster from it.
+//!
+//! # What agents say back
+//!
+//! For the hub's controller (status of `Cluster` and `Delivery`), the dashboard and metrics:
+//!
+//! - [`Hub::ack`]: the last [`AckRecord`] per (cluster, delivery) — which sequence was applied,
+//!   failed or rejected, with per-object results.
+//! - [`Hub::report`]: the last [`ReportRecord`] per (cluster, delivery) — health, drifted and
+//!   inventory object counts, a message in the user's words; [`Hub::reports`] lists a cluster's.
+//! - [`Hub::agent_info`]: per cluster, whether its agent is connected, its version, when it was
+//!   last heard from (any message, heartbeats included) and bundles sent on the current stream;
+//!   [`Hub::agents`] lists them all.
+//! - [`Hub::subscribe_changes`]: a broadcast of [`Change`]s — connected, disconnected, acked,
+//!   reported — each naming what changed, not carrying it: read the state with the getters
+//!   above. The state is kept whatever the receivers do, so a receiver that lags
+//!   (`RecvError::Lagged`) recovers by reading [`Hub::agents`], [`Hub::reports`] and
+//!   [`Hub::ack`] again.
 
 pub mod ca;
 mod registration;
@@ -20,7 +37,7 @@ use flotilla_bundle::{BundleMeta, KeyId, SignedBundle, SignedKeySet, SigningKey}
 use flotilla_proto::pb;
 use serde_json::Value;
 use tokio::net::TcpListener;
-use tokio::sync::Notify;
+use tokio::sync::{Notify, broadcast};
 use tokio_stream::wrappers::TcpListenerStream;
 use tonic::codec::CompressionEncoding;
 use tonic::transport::{Certificate, Identity, Server, ServerTlsConfig};
@@ -29,6 +46,7 @@ use tracing::{info, warn};
 use crate::bundle::KeyRing;
 use crate::fleet::{ClusterState, Event, Registry};
 pub use ca::{HubCa, validate_cluster_id};
+pub use flotilla_bundle::DeliveryOptions;
 use stream::AgentConn;
 
 /// Errors of the delivery server.
@@ -117,6 +135,88 @@ pub enum AckOutcome {
     Rejected,
 }
 
+/// A delivery's health as its agent last reported it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub enum Health {
+    /// Applied and every object ready.
+    Healthy,
+    /// Applied, some objects not ready yet.
+    Progressing,
+    /// Applying failed, or an object will not become ready without a change.
+    Degraded,
+    /// The agent does not know yet.
+    #[default]
+    Unknown,
+}
+
+/// What an agent last reported for one delivery.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ReportRecord {
+    /// The sequence of the bundle the delivery runs.
+    pub sequence: u64,
+    /// Its health.
+    pub health: Health,
+    /// Objects drifted now (changed behind flotilla's back, not put back yet or report-only).
+    pub drifted_objects: u32,
+    /// Objects in the delivery's inventory.
+    pub inventory_objects: u32,
+    /// Why, in the user's words, e.g. `Deployment/apps/web: 0 of 2 replicas available`.
+    pub message: String,
+    /// The drifted objects as `Kind/namespace/name` (at most 20).
+    pub drifted: Vec<String>,
+    /// When the hub received it.
+    pub received_at: SystemTime,
+}
+
+/// A cluster's agent as the hub sees it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct AgentInfo {
+    /// True while its stream is open.
+    pub connected: bool,
+    /// The version its `Hello` named.
+    pub agent_version: String,
+    /// When it last sent anything (heartbeats included).
+    pub last_seen: SystemTime,
+    /// When its current (or last) stream opened.
+    pub connected_at: SystemTime,
+    /// Bundles sent on its current (or last) stream. Zero after a reconnection means the agent
+    /// already held everything.
+    pub bundles_sent: u64,
+}
+
+/// Something agents changed; read the new state with [`Hub::agent_info`], [`Hub::ack`] and
+/// [`Hub::report`].
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Change {
+    /// The cluster's agent opened a stream.
+    Connected {
+        /// The cluster.
+        cluster: String,
+    },
+    /// The cluster's agent has no open stream any more.
+    Disconnected {
+        /// The cluster.
+        cluster: String,
+    },
+    /// The agent acknowledged a bundle of the delivery.
+    Acked {
+        /// The cluster.
+        cluster: String,
+        /// The delivery.
+        delivery: String,
+    },
+    /// The agent reported on the delivery.
+    Reported {
+        /// The cluster.
+        cluster: String,
+        /// The delivery.
+        delivery: String,
+    },
+}
+
+/// How many changes a slow subscriber may fall behind before it lags.
+const CHANGES_CAPACITY: usize = 4096;
+
 /// The hub's delivery side; cheap to clone.
 #[derive(Clone, Debug)]
 pub struct Hub {
@@ -136,6 +236,11 @@ struct Inner {
     agents: DashMap<String, Arc<AgentConn>>,
     acks: DashMap<(String, String), AckRecord>,
     ack_changed: Notify,
+    /// Latest report per (cluster, delivery).
+    reports: DashMap<(String, String), ReportRecord>,
+    /// Per cluster: its agent's connection.
+    agent_info: DashMap<String, AgentInfo>,
+    changes: broadcast::Sender<Change>,
     next_conn_id: std::sync::atomic::AtomicU64,
     /// Last sequence allocated per (cluster, delivery).
     sequences: DashMap<(String, String), u64>,
@@ -177,6 +282,9 @@ impl Hub {
                 agents: DashMap::new(),
                 acks: DashMap::new(),
                 ack_changed: Notify::new(),
+                reports: DashMap::new(),
+                agent_info: DashMap::new(),
+                changes: broadcast::channel(CHANGES_CAPACITY).0,
                 next_conn_id: 0.into(),
                 sequences: DashMap::new(),
             }),
@@ -206,9 +314,9 @@ impl Hub {
         self.keys().key_set().clone()
     }
 
-    /// Publishes a rendered object set to (cluster, delivery): encodes, signs with a sequence
-    /// newer than any before, stores it as the latest and offers it to the cluster's agent if
-    /// connected. Never waits on the agent. Returns the sequence.
+    /// Publishes a rendered object set to (cluster, delivery) with default [`DeliveryOptions`]:
+    /// encodes, signs with a sequence newer than any before, stores it as the latest and offers
+    /// it to the cluster's agent if connected. Never waits on the agent. Returns the sequence.
     pub fn publish(
         &self,
         cluster: &str,
@@ -216,10 +324,35 @@ impl Hub {
         revision: &str,
         objects: &[Value],
     ) -> Result<u64> {
-        self.publish_encoded(cluster, delivery, revision, crate::bundle::encode(objects))
+        self.publish_with_options(
+            cluster,
+            delivery,
+            revision,
+            objects,
+            &DeliveryOptions::default(),
+        )
     }
 
-    /// [`Hub::publish`] for a payload already in canonical encoding.
+    /// [`Hub::publish`] with the delivery's apply settings (prune, allowEmpty, conflicts, drift
+    /// mode, ignore rules), signed into the bundle with the objects.
+    pub fn publish_with_options(
+        &self,
+        cluster: &str,
+        delivery: &str,
+        revision: &str,
+        objects: &[Value],
+        options: &DeliveryOptions,
+    ) -> Result<u64> {
+        self.publish_encoded(
+            cluster,
+            delivery,
+            revision,
+            crate::bundle::encode_with_options(objects, options),
+        )
+    }
+
+    /// [`Hub::publish`] for a payload already in canonical encoding
+    /// ([`flotilla_bundle::encode_payload`]).
     pub fn publish_encoded(
         &self,
         cluster: &str,
@@ -376,6 +509,48 @@ impl Hub {
             .acks
             .get(&(cluster.to_owned(), delivery.to_owned()))
             .map(|a| a.clone())
+    }
+
+    /// What the cluster's agent last reported for a delivery.
+    pub fn report(&self, cluster: &str, delivery: &str) -> Option<ReportRecord> {
+        self.inner
+            .reports
+            .get(&(cluster.to_owned(), delivery.to_owned()))
+            .map(|r| r.clone())
+    }
+
+    /// Every delivery's last report from the cluster's agent, by delivery.
+    pub fn reports(&self, cluster: &str) -> BTreeMap<String, ReportRecord> {
+        self.inner
+            .reports
+            .iter()
+            .filter(|e| e.key().0 == cluster)
+            .map(|e| (e.key().1.clone(), e.value().clone()))
+            .collect()
+    }
+
+    /// The cluster's agent as last seen, if it ever connected to this hub.
+    pub fn agent_info(&self, cluster: &str) -> Option<AgentInfo> {
+        self.inner.agent_info.get(cluster).map(|a| a.clone())
+    }
+
+    /// Every agent that connected to this hub, by cluster.
+    pub fn agents(&self) -> BTreeMap<String, AgentInfo> {
+        self.inner
+            .agent_info
+            .iter()
+            .map(|e| (e.key().clone(), e.value().clone()))
+            .collect()
+    }
+
+    /// Changes from now on. See the module documentation for recovering from a lag.
+    pub fn subscribe_changes(&self) -> broadcast::Receiver<Change> {
+        self.inner.changes.subscribe()
+    }
+
+    fn changed(&self, change: Change) {
+        // No subscriber is fine: the state is kept in the maps.
+        let _ = self.inner.changes.send(change);
     }
 
     /// Waits until the agent acknowledged `sequence` or newer for the delivery, or `timeout`.

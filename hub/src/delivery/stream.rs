@@ -16,7 +16,7 @@ use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status, Streaming};
 use tracing::{Instrument as _, debug, info, info_span, warn};
 
-use super::{AckOutcome, AckRecord, Hub, ca, unix_millis};
+use super::{AckOutcome, AckRecord, AgentInfo, Change, Health, Hub, ReportRecord, ca, unix_millis};
 use crate::fleet::ClusterState;
 
 /// The cluster named by the client certificate of an mTLS request.
@@ -228,6 +228,20 @@ async fn run(
             conn.offer_bundle(bundle.clone());
         }
     }
+    let now = std::time::SystemTime::now();
+    hub.inner.agent_info.insert(
+        cluster.clone(),
+        AgentInfo {
+            connected: true,
+            agent_version: hello.agent_version.clone(),
+            last_seen: now,
+            connected_at: now,
+            bundles_sent: 0,
+        },
+    );
+    hub.changed(Change::Connected {
+        cluster: cluster.clone(),
+    });
     info!(agent_version = %hello.agent_version, "agent connected");
 
     let interval = config.heartbeat_interval;
@@ -242,6 +256,9 @@ async fn run(
             msg = inbound.message() => match msg {
                 Ok(Some(m)) => {
                     last_heard = tokio::time::Instant::now();
+                    if let Some(mut info) = hub.inner.agent_info.get_mut(&cluster) {
+                        info.last_seen = std::time::SystemTime::now();
+                    }
                     handle_agent_message(&hub, &cluster, m);
                 }
                 Ok(None) => break None,
@@ -251,7 +268,7 @@ async fn run(
                 }
             },
             _ = &mut wake => {
-                if let Some(status) = drain(&hub, &conn, &mut sent, &tx).await {
+                if let Some(status) = drain(&hub, &cluster, &conn, &mut sent, &tx).await {
                     break status;
                 }
             }
@@ -274,11 +291,19 @@ async fn run(
         info!("agent disconnected");
     }
     hub.inner.agents.remove_if(&cluster, |_, c| c.id == conn.id);
+    // Unless a newer stream of the same cluster took over, the agent is now disconnected.
+    if !hub.inner.agents.contains_key(&cluster) {
+        if let Some(mut info) = hub.inner.agent_info.get_mut(&cluster) {
+            info.connected = false;
+        }
+        hub.changed(Change::Disconnected { cluster });
+    }
 }
 
 /// Sends what is pending. Returns `Some(outcome)` when the stream must end.
 async fn drain(
     hub: &Hub,
+    cluster: &str,
     conn: &AgentConn,
     sent: &mut HashMap<String, u64>,
     tx: &mpsc::Sender<Result<pb::HubMessage, Status>>,
@@ -308,6 +333,9 @@ async fn drain(
             }
         }
         debug!(delivery = %delivery, sequence = seq, "bundle sent");
+        if let Some(mut info) = hub.inner.agent_info.get_mut(cluster) {
+            info.bundles_sent += 1;
+        }
         sent.insert(delivery, seq);
     }
     if let Some(delivery) = pending.reconcile {
@@ -351,11 +379,37 @@ fn handle_agent_message(hub: &Hub, cluster: &str, message: pb::AgentMessage) {
             // The cluster is the stream's, whatever the message says.
             hub.inner
                 .acks
-                .insert((cluster.to_owned(), ack.delivery), record);
+                .insert((cluster.to_owned(), ack.delivery.clone()), record);
             hub.inner.ack_changed.notify_waiters();
+            hub.changed(Change::Acked {
+                cluster: cluster.to_owned(),
+                delivery: ack.delivery,
+            });
         }
         Some(pb::agent_message::Kind::Report(report)) => {
             debug!(delivery = %report.delivery, health = report.health, drifted = report.drifted_objects, "report");
+            let health = match pb::Health::try_from(report.health) {
+                Ok(pb::Health::Healthy) => Health::Healthy,
+                Ok(pb::Health::Progressing) => Health::Progressing,
+                Ok(pb::Health::Degraded) => Health::Degraded,
+                _ => Health::Unknown,
+            };
+            let record = ReportRecord {
+                sequence: report.sequence,
+                health,
+                drifted_objects: report.drifted_objects,
+                inventory_objects: report.inventory_objects,
+                message: report.message,
+                drifted: report.drifted,
+                received_at: std::time::SystemTime::now(),
+            };
+            hub.inner
+                .reports
+                .insert((cluster.to_owned(), report.delivery.clone()), record);
+            hub.changed(Change::Reported {
+                cluster: cluster.to_owned(),
+                delivery: report.delivery,
+            });
         }
         Some(pb::agent_message::Kind::Heartbeat(_)) => {}
         Some(pb::agent_message::Kind::Hello(_)) | None => {
