@@ -264,7 +264,11 @@ impl<T: Tree> Renderer<T> {
     }
 
     /// Renders `path` as [`render`] does, reusing builds kept from earlier renders.
-    pub fn render(&self, path: &RelPath, vars: &Variables) -> Result<Vec<serde_json::Value>, Error> {
+    pub fn render(
+        &self,
+        path: &RelPath,
+        vars: &Variables,
+    ) -> Result<Vec<serde_json::Value>, Error> {
         render_with(&self.tree, path, vars, &self.opts, &self.cache)
     }
 

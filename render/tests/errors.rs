@@ -385,9 +385,15 @@ fn a_reused_base_still_counts_against_the_file_limit() {
     let (a, b, c) = (cm("a"), cm("b"), cm("c"));
     let dir = tree(&[
         ("o1/kustomization.yaml", "resources:\n  - ../base\n"),
-        ("o2/kustomization.yaml", "resources:\n  - ../base\n  - c.yaml\n"),
+        (
+            "o2/kustomization.yaml",
+            "resources:\n  - ../base\n  - c.yaml\n",
+        ),
         ("o2/c.yaml", &c),
-        ("base/kustomization.yaml", "resources:\n  - a.yaml\n  - b.yaml\n"),
+        (
+            "base/kustomization.yaml",
+            "resources:\n  - a.yaml\n  - b.yaml\n",
+        ),
         ("base/a.yaml", &a),
         ("base/b.yaml", &b),
     ]);

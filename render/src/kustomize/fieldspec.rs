@@ -164,8 +164,13 @@ pub(crate) fn common_labels() -> &'static [FieldSpec] {
 
 /// Kinds Kubernetes knows as cluster-scoped (the rest, custom kinds included, are namespaced).
 pub(crate) fn is_cluster_scoped(gvk: &Gvk) -> bool {
+    is_cluster_scoped_kind(&gvk.kind)
+}
+
+/// [`is_cluster_scoped`] by kind alone (the group does not matter).
+pub(crate) fn is_cluster_scoped_kind(kind: &str) -> bool {
     matches!(
-        gvk.kind.as_str(),
+        kind,
         "Namespace"
             | "Node"
             | "PersistentVolume"
@@ -315,23 +320,21 @@ fn walk_at(
                 p.push('/');
                 p.push_str(&pointer_segment(name));
             }
-            let missing = match map.get(name) {
-                None | Some(Value::Null) => true,
-                Some(_) => false,
-            };
-            let r = if missing && create_here {
-                let fresh = if last && leaf == Leaf::Scalar {
-                    Value::Null
-                } else {
-                    Value::Object(Map::new())
-                };
-                map.insert(name.to_string(), fresh);
-                let child = map.get_mut(name).expect("inserted above");
-                walk_at(child, &path[1..], create, leaf, ptr.as_deref_mut(), set)
-            } else {
-                match map.get_mut(name) {
-                    Some(v) => walk_at(v, &path[1..], create, leaf, ptr.as_deref_mut(), set),
-                    None => Ok(()),
+            // One lookup in the common case (the field exists).
+            let r = match map.get_mut(name) {
+                Some(v) if !(create_here && v.is_null()) => {
+                    walk_at(v, &path[1..], create, leaf, ptr.as_deref_mut(), set)
+                }
+                None if !create_here => Ok(()),
+                _ => {
+                    let fresh = if last && leaf == Leaf::Scalar {
+                        Value::Null
+                    } else {
+                        Value::Object(Map::new())
+                    };
+                    map.insert(name.to_string(), fresh);
+                    let child = map.get_mut(name).expect("inserted above");
+                    walk_at(child, &path[1..], create, leaf, ptr.as_deref_mut(), set)
                 }
             };
             if let Some(p) = ptr {

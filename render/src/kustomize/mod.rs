@@ -152,10 +152,11 @@ pub(crate) fn build(
 }
 
 /// Compiles `pattern`, reusing an earlier compilation (patch targets and image names repeat
-/// across overlays).
-pub(crate) fn regex(pattern: &str) -> Result<regex::Regex, regex::Error> {
-    use std::sync::{Mutex, OnceLock, PoisonError};
-    static CACHE: OnceLock<Mutex<HashMap<String, regex::Regex>>> = OnceLock::new();
+/// across overlays). Shared, not cloned: a clone of a `Regex` starts with empty matching
+/// caches, which would be rebuilt on every use.
+pub(crate) fn regex(pattern: &str) -> Result<Arc<regex::Regex>, regex::Error> {
+    use std::sync::OnceLock;
+    static CACHE: OnceLock<Mutex<HashMap<String, Arc<regex::Regex>>>> = OnceLock::new();
     let cache = CACHE.get_or_init(Default::default);
     if let Some(r) = cache
         .lock()
@@ -164,7 +165,7 @@ pub(crate) fn regex(pattern: &str) -> Result<regex::Regex, regex::Error> {
     {
         return Ok(r.clone());
     }
-    let r = regex::Regex::new(pattern)?;
+    let r = Arc::new(regex::Regex::new(pattern)?);
     let mut c = cache.lock().unwrap_or_else(PoisonError::into_inner);
     if c.len() > 4096 {
         c.clear();
@@ -327,7 +328,7 @@ impl Builder<'_, '_> {
         let mut ids: HashMap<String, usize> = ra
             .iter()
             .enumerate()
-            .map(|(i, r)| (r.cur_id().key(), i))
+            .map(|(i, r)| (r.id_key(), i))
             .collect();
         for entry in k.resources.iter().chain(&k.bases) {
             let path = self.entry_path(file, dir, "resource", entry)?;
@@ -548,7 +549,7 @@ fn append(
     r: Resource,
     file: &RelPath,
 ) -> Result<(), Error> {
-    let key = r.cur_id().key();
+    let key = r.id_key();
     if let Some(&i) = ids.get(&key) {
         let other = &ra[i];
         return Err(Error::Conflict {

@@ -209,6 +209,34 @@ struct BackRef {
     referrers: Vec<(Gvk, FieldSpec)>,
 }
 
+/// The `(target, field)` pairs of [`back_refs`] whose referrer selector selects `gvk`, in
+/// table order: `(index of the BackRef, index in its referrers)`. Memoised per type.
+fn referrer_fields(gvk: &Gvk) -> std::sync::Arc<[(usize, usize)]> {
+    use std::sync::{Arc, Mutex, PoisonError};
+    static MEMO: OnceLock<Mutex<HashMap<Gvk, Arc<[(usize, usize)]>>>> = OnceLock::new();
+    let memo = MEMO.get_or_init(Default::default);
+    if let Some(v) = memo.lock().unwrap_or_else(PoisonError::into_inner).get(gvk) {
+        return v.clone();
+    }
+    let fields: Arc<[(usize, usize)]> = back_refs()
+        .iter()
+        .enumerate()
+        .flat_map(|(bi, br)| {
+            br.referrers
+                .iter()
+                .enumerate()
+                .filter(|(_, (sel, _))| gvk.is_selected(sel))
+                .map(move |(si, _)| (bi, si))
+        })
+        .collect();
+    let mut m = memo.lock().unwrap_or_else(PoisonError::into_inner);
+    if m.len() > 4096 {
+        m.clear();
+    }
+    m.insert(gvk.clone(), fields.clone());
+    fields
+}
+
 fn back_refs() -> &'static [BackRef] {
     static TABLE: OnceLock<Vec<BackRef>> = OnceLock::new();
     TABLE.get_or_init(|| {
@@ -471,10 +499,8 @@ pub(crate) fn fix(ra: &mut [Resource]) -> Result<(), String> {
     for ri in 0..ra.len() {
         let org = ra[ri].org_id();
         let referrer_cur = &infos[ri].cur;
-        let refers = back_refs()
-            .iter()
-            .any(|br| br.referrers.iter().any(|(sel, _)| org.gvk.is_selected(sel)));
-        if !refers {
+        let fields = referrer_fields(&org.gvk);
+        if fields.is_empty() {
             continue;
         }
         let candidates: Vec<usize> = if is_cluster_scoped(&referrer_cur.gvk) {
@@ -493,11 +519,10 @@ pub(crate) fn fix(ra: &mut [Resource]) -> Result<(), String> {
             v.dedup();
             v
         };
-        for br in back_refs() {
-            for (sel, spec) in &br.referrers {
-                if !org.gvk.is_selected(sel) {
-                    continue;
-                }
+        for &(bi, si) in fields.iter() {
+            let br = &back_refs()[bi];
+            let spec = &br.referrers[si].1;
+            {
                 let path = &spec.parts;
                 let role_ref = if spec.path.ends_with("roleRef/name") {
                     let rr = ra[ri].obj.get("roleRef");

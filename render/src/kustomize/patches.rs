@@ -447,7 +447,11 @@ fn apply_json_to_selected(
     Ok(())
 }
 
-fn anchored(file: &RelPath, field: &str, pattern: &str) -> Result<Option<Regex>, Error> {
+fn anchored(
+    file: &RelPath,
+    field: &str,
+    pattern: &str,
+) -> Result<Option<std::sync::Arc<Regex>>, Error> {
     if pattern.is_empty() {
         return Ok(None);
     }
@@ -470,7 +474,7 @@ pub(crate) fn select(file: &RelPath, t: &Selector, ra: &[Resource]) -> Result<Ve
     let namespace = anchored(file, "namespace", &t.namespace)?;
     let labels = parse_selector(file, "labelSelector", &t.label_selector)?;
     let annotations = parse_selector(file, "annotationSelector", &t.annotation_selector)?;
-    let m = |re: &Option<Regex>, s: &str| re.as_ref().is_none_or(|r| r.is_match(s));
+    let m = |re: &Option<std::sync::Arc<Regex>>, s: &str| re.as_ref().is_none_or(|r| r.is_match(s));
     let mut out = Vec::new();
     // Cheap tests first, on borrowed strings; ids and label maps only when a selector needs them.
     for (i, r) in ra.iter().enumerate() {
@@ -496,8 +500,7 @@ pub(crate) fn select(file: &RelPath, t: &Selector, ra: &[Resource]) -> Result<Ve
         if !labels.is_empty() && !matches_selector(&labels, &r.string_map("labels")) {
             continue;
         }
-        if !annotations.is_empty()
-            && !matches_selector(&annotations, &r.string_map("annotations"))
+        if !annotations.is_empty() && !matches_selector(&annotations, &r.string_map("annotations"))
         {
             continue;
         }

@@ -3,7 +3,7 @@
 
 use serde_json::{Map, Value};
 
-use super::fieldspec::is_cluster_scoped;
+use super::fieldspec::{is_cluster_scoped, is_cluster_scoped_kind};
 use crate::RelPath;
 
 /// Group, version and kind of an object.
@@ -82,18 +82,6 @@ impl ResId {
         self.gvk == o.gvk
             && self.name == o.name
             && self.effective_namespace() == o.effective_namespace()
-    }
-
-    /// A key equal for ids that [`ResId::equals`] considers equal.
-    pub fn key(&self) -> String {
-        format!(
-            "{}\u{0}{}\u{0}{}\u{0}{}\u{0}{}",
-            self.gvk.group,
-            self.gvk.version,
-            self.gvk.kind,
-            self.name,
-            self.effective_namespace()
-        )
     }
 
     /// For error messages: `Kind.version.group/name.namespace`.
@@ -190,6 +178,30 @@ impl Resource {
             name: self.name().to_string(),
             namespace: self.namespace().to_string(),
         }
+    }
+
+    /// A key of the current identity, equal for ids that [`ResId::equals`] considers equal.
+    pub fn id_key(&self) -> String {
+        let api_version = str_at(&self.obj, &["apiVersion"]);
+        let (group, version) = api_version.split_once('/').unwrap_or(("", api_version));
+        let (kind, name, ns) = (self.kind(), self.name(), self.namespace());
+        let ns = if is_cluster_scoped_kind(kind) {
+            NOT_A_NAMESPACE
+        } else if ns.is_empty() {
+            "default"
+        } else {
+            ns
+        };
+        let mut key = String::with_capacity(
+            group.len() + version.len() + kind.len() + name.len() + ns.len() + 4,
+        );
+        for (i, part) in [group, version, kind, name, ns].into_iter().enumerate() {
+            if i > 0 {
+                key.push('\u{0}');
+            }
+            key.push_str(part);
+        }
+        key
     }
 
     /// The identity the object had when it was read.

@@ -68,7 +68,7 @@ pub(crate) fn namespace(
 fn check_unique(file: &RelPath, ns: &str, ra: &[Resource]) -> Result<(), Error> {
     let mut seen = std::collections::HashSet::new();
     for r in ra {
-        if !seen.insert(r.cur_id().key()) {
+        if !seen.insert(r.id_key()) {
             return Err(Error::Conflict {
                 file: file.clone(),
                 message: format!(
@@ -124,11 +124,15 @@ fn set_entries(
     if entries.is_empty() {
         return Ok(());
     }
+    // Per entry once, not per object: the value and the key as a JSON-pointer segment.
+    let entries: Vec<(&String, Value, std::borrow::Cow<'_, str>)> = entries
+        .iter()
+        .map(|(k, v)| (k, Value::String(v.clone()), fieldspec::pointer_segment(k)))
+        .collect();
     for r in ra.iter_mut() {
         let gvk = r.gvk();
-        for (key, val) in entries {
-            let value = Value::String(val.clone());
-            let seg = fieldspec::pointer_segment(key);
+        for (key, value, seg) in &entries {
+            let (key, value) = (*key, value);
             let (mut inserted, mut overwritten) = (Vec::new(), Vec::new());
             for spec in specs {
                 if !spec.selects(&gvk) {
@@ -161,7 +165,7 @@ fn set_entries(
                 }
             }
             for p in &overwritten {
-                r.set_linked(p, &value);
+                r.set_linked(p, value);
             }
             if inserted.len() > 1 {
                 r.links.push(inserted);
