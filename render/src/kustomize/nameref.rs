@@ -209,16 +209,18 @@ struct BackRef {
     referrers: Vec<(Gvk, FieldSpec)>,
 }
 
-/// The `(target, field)` pairs of [`back_refs`] whose referrer selector selects `gvk`, in
-/// table order: `(index of the BackRef, index in its referrers)`. Memoised per type.
-fn referrer_fields(gvk: &Gvk) -> std::sync::Arc<[(usize, usize)]> {
-    use std::sync::{Arc, Mutex, PoisonError};
-    static MEMO: OnceLock<Mutex<HashMap<Gvk, Arc<[(usize, usize)]>>>> = OnceLock::new();
+/// `(index of a BackRef, index in its referrers)` pairs, in table order.
+type FieldRefs = std::sync::Arc<[(usize, usize)]>;
+
+/// The fields of [`back_refs`] whose referrer selector selects `gvk`. Memoised per type.
+fn referrer_fields(gvk: &Gvk) -> FieldRefs {
+    use std::sync::{Mutex, PoisonError};
+    static MEMO: OnceLock<Mutex<HashMap<Gvk, FieldRefs>>> = OnceLock::new();
     let memo = MEMO.get_or_init(Default::default);
     if let Some(v) = memo.lock().unwrap_or_else(PoisonError::into_inner).get(gvk) {
         return v.clone();
     }
-    let fields: Arc<[(usize, usize)]> = back_refs()
+    let fields: FieldRefs = back_refs()
         .iter()
         .enumerate()
         .flat_map(|(bi, br)| {
