@@ -512,7 +512,18 @@ fn run(cmd: &mut Command) -> Result<String> {
 
 use serde::Deserialize as _;
 
-/// Marks an object for a reconcile now (what `flotilla reconcile` writes).
-pub fn reconcile_patch() -> serde_json::Value {
-    json!({"metadata": {"annotations": {flotilla_hub::api::RECONCILE_ANNOTATION: format!("{:?}", std::time::SystemTime::now())}}})
+impl Fleet {
+    /// Asks the hub to fetch `namespace/name` now, as `flotilla reconcile source` does (a merge
+    /// patch of the reconcile annotation; errors are returned, not swallowed).
+    pub async fn reconcile_source(&self, namespace: &str, name: &str) -> Result<()> {
+        let api =
+            Api::<flotilla_hub::api::GitSource>::namespaced(self.mgmt.client().await?, namespace);
+        let patch = json!({"metadata": {"annotations": {
+            flotilla_hub::api::RECONCILE_ANNOTATION: format!("{:?}", std::time::SystemTime::now())
+        }}});
+        api.patch(name, &PatchParams::default(), &Patch::Merge(&patch))
+            .await
+            .with_context(|| format!("annotating GitSource {namespace}/{name}"))?;
+        Ok(())
+    }
 }

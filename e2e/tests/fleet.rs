@@ -174,8 +174,7 @@ async fn a_commit_reaches_every_cluster_and_a_broken_one_keeps_the_last_good_rev
         &prod.replace("count: 2", "count: 3"),
         "production: 3 replicas",
     )?;
-    fleet.apply(&[serde_json::json!({"apiVersion": "flotilla.dev/v1alpha1", "kind": "GitSource",
-        "metadata": {"name": "fleet", "namespace": "fleet", "annotations": {"flotilla.dev/reconcile-requested-at": "1"}}})]).await.ok();
+    fleet.reconcile_source("fleet", "fleet").await?;
     fleet.wait_ready_at("fleet", "apps", &second, WAIT).await?;
     assert_eq!(replicas(&fleet, "workload-2").await, Some(3));
     assert_eq!(replicas(&fleet, "workload-1").await, Some(1));
@@ -356,8 +355,7 @@ async fn a_commit_reaches_every_cluster_and_a_broken_one_keeps_the_last_good_rev
         &prod.replace("count: 2", "count: 5"),
         "production: 5 replicas",
     )?;
-    fleet.apply(&[serde_json::json!({"apiVersion": "flotilla.dev/v1alpha1", "kind": "GitSource",
-        "metadata": {"name": "fleet", "namespace": "fleet", "annotations": {"flotilla.dev/reconcile-requested-at": "2"}}})]).await.ok();
+    fleet.reconcile_source("fleet", "fleet").await?;
     tokio::time::sleep(Duration::from_millis(300)).await;
     fleet.hub.as_mut().context("hub")?.kill();
     fleet.start_hub()?;
