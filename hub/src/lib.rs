@@ -9,6 +9,7 @@ pub mod bundle;
 pub mod cli;
 pub mod cli_cluster;
 pub mod controller;
+pub mod dashboard;
 pub mod delivery;
 pub mod fleet;
 pub mod leader;
