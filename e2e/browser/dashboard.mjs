@@ -59,6 +59,13 @@ async function withBrowser(fn) {
   }
 }
 
+// Nothing of the page's own making may leak into the text: "null", "undefined", "NaN".
+async function checkText(page, where) {
+  const text = await page.locator('main').innerText();
+  const m = text.match(/\b(null|undefined|NaN)\b|\[object Object\]/);
+  if (m) fail(`the ${where} shows "${m[0]}": ${text}`);
+}
+
 async function gridCells(page) {
   return page.$$eval('#grid tbody tr', (rows) => rows.map((r) => ({
     cluster: r.dataset.cluster,
@@ -124,6 +131,7 @@ async function live(page) {
     .flatMap((r) => r.cells.map((c) => ({ ...c, cluster: r.cluster })))
     .filter((c) => !(c.cluster === driftCluster && c.delivery === driftDelivery) && c.state !== 'synced');
   if (others.length) fail(`cells other than the drifted one changed: ${JSON.stringify(others)}`);
+  await checkText(page, 'fleet overview');
   await page.screenshot({ path: join(artifacts, 'dashboard-fleet.png'), fullPage: true });
 
   // The cluster page names the drifted object in its last drift events.
@@ -135,12 +143,14 @@ async function live(page) {
   if (!/connected/.test(facts)) fail(`cluster facts: ${facts}`);
   const objects = await page.locator('#cluster-deliveries details').count();
   if (objects < 2) fail(`per-object results missing on the cluster page (${objects} deliveries with results)`);
+  await checkText(page, 'cluster page');
   await page.screenshot({ path: join(artifacts, 'dashboard-cluster.png'), fullPage: true });
 
   // The delivery page shows the rollout and what it depends on.
   await page.goto(`${url}#/deliveries/${driftDelivery.replace('/', '/')}`);
   await page.waitForSelector('#delivery-clusters tbody tr', { timeout: 15000 });
   const rollout = await page.locator('label[for="rollout-progress"]').innerText();
+  await checkText(page, 'delivery page');
   await page.screenshot({ path: join(artifacts, 'dashboard-delivery.png'), fullPage: true });
   return { driftSeconds, navigations, events, rollout, tooltip: tip };
 }
@@ -149,16 +159,30 @@ async function perf(page) {
   const [total] = rest;
   await page.goto(url, { waitUntil: 'load' });
   await page.waitForSelector('body[data-grid-rendered="true"]', { timeout: 30000 });
-  const renderMs = await page.evaluate(() => performance.getEntriesByName('flotilla:grid-rendered')[0].startTime);
+  const timing = await page.evaluate(() => {
+    const nav = performance.getEntriesByType('navigation')[0];
+    const api = performance.getEntriesByType('resource').find((r) => r.name.includes('/api/v1/fleet'));
+    const js = performance.getEntriesByType('resource').find((r) => r.name.includes('/assets/app.js'));
+    return {
+      renderMs: performance.getEntriesByName('flotilla:grid-rendered')[0].startTime,
+      htmlMs: nav.responseEnd,
+      scriptMs: js ? js.responseEnd : null,
+      apiStartMs: api ? api.startTime : null,
+      apiMs: api ? api.duration : null,
+      apiBytes: api ? api.encodedBodySize : null,
+    };
+  });
+  const { renderMs } = timing;
   const caption = await page.locator('#grid caption').innerText();
   if (!caption.includes(`of ${total} clusters`)) fail(`the grid does not show ${total} clusters: ${caption}`);
+  await checkText(page, 'fleet overview');
   const rows = await page.locator('#grid tbody tr').count();
   if (rows !== 50) fail(`the first page has ${rows} rows, not 50`);
   // Usable at that size: the last page and a label filter work.
   await page.click('text=Last »');
   await page.waitForFunction(() => /page (\d+) of \1\b/.test(document.querySelector('#grid caption')?.textContent || ''), null, { timeout: 10000 });
   await page.screenshot({ path: join(artifacts, 'dashboard-1000.png'), fullPage: false });
-  return { renderMs, rows, caption };
+  return { ...timing, rows, caption };
 }
 
 const run = { live, perf }[mode] || fail(`unknown mode ${mode}`);

@@ -224,8 +224,12 @@ fn answers_carry_no_secret() {
         },
     );
     source.metadata.namespace = Some("fleet".into());
-    let overview = view::overview(&[c.clone()], &[d.clone()], &query("", "", 1, 50));
-    let detail = view::delivery_detail(&d, &[d.clone()], &[Arc::new(source)]);
+    let overview = view::overview(
+        std::slice::from_ref(&c),
+        std::slice::from_ref(&d),
+        &query("", "", 1, 50),
+    );
+    let detail = view::delivery_detail(&d, std::slice::from_ref(&d), &[Arc::new(source)]);
     assert_eq!(
         detail.source.url.as_deref(),
         Some("https://git.example/org/fleet.git")

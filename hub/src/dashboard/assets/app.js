@@ -33,6 +33,12 @@
     return el;
   }
 
+  // Replaces el's children; null, undefined and false are left out (replaceChildren would
+  // print them as text).
+  function fill(el, ...children) {
+    el.replaceChildren(...children.flat(Infinity).filter((c) => c !== null && c !== undefined && c !== false));
+  }
+
   const short = (rev) => (rev ? rev.split(':').pop().slice(0, 7) : '');
   const enc = encodeURIComponent;
 
@@ -54,7 +60,7 @@
   }
 
   async function getJSON(url) {
-    const r = await fetch(url, { headers: { accept: 'application/json' } });
+    const r = await fetch(url);
     const body = await r.json().catch(() => ({ error: `${r.status} ${r.statusText}` }));
     if (!r.ok) throw new Error(body.error || `${r.status} ${r.statusText}`);
     return body;
@@ -103,7 +109,7 @@
       },
       mount() {
         body = h('div', { id: 'fleet-body' }, h('p', { class: 'muted' }, 'Loading…'));
-        main.replaceChildren(
+        fill(main, 
           h('h1', {}, 'Fleet overview'),
           h('form', { class: 'filters', role: 'search', 'aria-label': 'Filter clusters', onsubmit: (e) => e.preventDefault() },
             h('label', {}, 'Label selector',
@@ -149,7 +155,7 @@
         const empty = data.clusters.length === 0
           ? h('p', { class: 'muted' }, t.clusters === 0 ? 'No cluster is registered yet (flotilla cluster add NAME).' : 'No cluster matches the filter.')
           : null;
-        body.replaceChildren(summary, h('div', { class: 'scroll' }, table), empty, pager);
+        fill(body, summary, h('div', { class: 'scroll' }, table), empty, pager);
         if (firstGrid) {
           firstGrid = false;
           // After the next paint: the moment the user sees the grid.
@@ -209,10 +215,10 @@
     return {
       title: `Cluster ${name}`,
       url: () => `/api/v1/clusters/${enc(name)}`,
-      mount() { main.replaceChildren(h('p', { class: 'muted' }, `Loading cluster ${name}…`)); },
+      mount() { fill(main, h('p', { class: 'muted' }, `Loading cluster ${name}…`)); },
       render(c) {
         const ready = (c.conditions || []).find((x) => x.type === 'Ready');
-        main.replaceChildren(
+        fill(main, 
           h('div', { class: 'crumbs' }, h('a', { href: '#/' }, 'Fleet'), ' / cluster'),
           h('h1', {}, c.name, badge(c.state)),
           h('dl', { class: 'facts' },
@@ -278,13 +284,14 @@
     return {
       title: `Delivery ${ns}/${name}`,
       url: () => `/api/v1/deliveries/${enc(ns)}/${enc(name)}`,
-      mount() { main.replaceChildren(h('p', { class: 'muted' }, `Loading delivery ${ns}/${name}…`)); },
+      mount() { fill(main, h('p', { class: 'muted' }, `Loading delivery ${ns}/${name}…`)); },
       render(d) {
         const p = d.progress;
         const synced = p.states.synced || 0;
-        main.replaceChildren(
+        fill(main, 
           h('div', { class: 'crumbs' }, h('a', { href: '#/' }, 'Fleet'), ' / delivery'),
-          h('h1', {}, d.key, d.ready ? badge('synced', 'ready') : badge(p.states.failed ? 'failed' : 'progressing', d.reason || 'not ready')),
+          h('h1', {}, d.key, d.ready ? badge('synced', 'ready')
+            : badge(p.states.failed ? 'failed' : p.states.drifted ? 'drifted' : 'progressing', d.reason || 'not ready')),
           d.message ? h('p', { class: 'message' }, d.message) : null,
           h('dl', { class: 'facts' },
             h('dt', {}, 'Source'), h('dd', {}, d.source.name, d.source.url ? ` (${d.source.url})` : '', d.source.exists ? '' : ' — missing'),
