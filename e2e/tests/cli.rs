@@ -105,7 +105,12 @@ fn row<'a>(table: &'a str, first: &str) -> Vec<&'a str> {
     table
         .lines()
         .find(|l| l.split_whitespace().next() == Some(first))
-        .map(|l| l.split("   ").map(str::trim).filter(|c| !c.is_empty()).collect())
+        .map(|l| {
+            l.split("   ")
+                .map(str::trim)
+                .filter(|c| !c.is_empty())
+                .collect()
+        })
         .unwrap_or_default()
 }
 
@@ -198,7 +203,12 @@ async fn the_cli_reads_steers_and_diffs_the_fleet() -> Result<()> {
     let copy = work.path().join("fleet");
     git(
         work.path(),
-        &["clone", "-q", &fleet.repo.path.display().to_string(), "fleet"],
+        &[
+            "clone",
+            "-q",
+            &fleet.repo.path.display().to_string(),
+            "fleet",
+        ],
     )?;
     let path = copy.display().to_string();
     let same = flotilla(&fleet, &["diff", "--path", &path])?;
@@ -262,7 +272,8 @@ async fn the_cli_reads_steers_and_diffs_the_fleet() -> Result<()> {
     assert_eq!(d.code, 1, "{d:?}");
     assert_eq!(changes(&d.stdout), expected, "{}", d.stdout);
     assert!(
-        d.stdout.contains("-        image: ghcr.io/stefanprodan/podinfo:6.7.0\n")
+        d.stdout
+            .contains("-        image: ghcr.io/stefanprodan/podinfo:6.7.0\n")
             && d.stdout
                 .contains("+        image: ghcr.io/stefanprodan/podinfo:6.8.0\n"),
         "the image bump is shown as a unified diff:\n{}",
@@ -299,10 +310,7 @@ async fn the_cli_reads_steers_and_diffs_the_fleet() -> Result<()> {
     assert_eq!(one.code, 1, "{one:?}");
     assert_eq!(
         changes(&one.stdout),
-        BTreeMap::from([(
-            "workload-2".to_owned(),
-            expected["workload-2"].clone()
-        )])
+        BTreeMap::from([("workload-2".to_owned(), expected["workload-2"].clone())])
     );
     assert!(!one.stdout.contains("infrastructure"), "{}", one.stdout);
 
@@ -416,7 +424,9 @@ async fn the_cli_reads_steers_and_diffs_the_fleet() -> Result<()> {
     let missing = flotilla(&fleet, &["suspend", "delivery", "nope", "-n", "fleet"])?;
     assert_ne!(missing.code, 0);
     assert!(
-        missing.stderr.contains("Delivery fleet/nope does not exist"),
+        missing
+            .stderr
+            .contains("Delivery fleet/nope does not exist"),
         "{missing:?}"
     );
     Ok(())

@@ -245,7 +245,11 @@ pub fn compare(
 /// Counts of a report: (created, changed, pruned).
 pub fn totals(report: &[ClusterDiff]) -> (usize, usize, usize) {
     let mut t = (0, 0, 0);
-    for c in report.iter().flat_map(|c| &c.deliveries).flat_map(|d| &d.changes) {
+    for c in report
+        .iter()
+        .flat_map(|c| &c.deliveries)
+        .flat_map(|d| &d.changes)
+    {
         match c {
             Change::Created(_) => t.0 += 1,
             Change::Changed(..) => t.1 += 1,
@@ -380,22 +384,21 @@ pub async fn compute(hub: &HubArgs, args: &DiffArgs) -> anyhow::Result<Outcome> 
     })?;
     let max_file_bytes = crate::source::Limits::default().max_file_bytes;
     let options = flotilla_render::Options::default();
-    let (proposal, to): (Box<dyn flotilla_render::Tree>, String) =
-        match &args.revision {
-            Some(rev) => {
-                let snap = Snapshot::open_local(&args.path, rev, max_file_bytes)?;
-                let label = format!("{rev} ({})", short_revision(&snap.commit()));
-                (Box::new(snap), label)
-            }
-            None => {
-                let root = repo.workdir().ok_or_else(|| {
-                    anyhow!("the repository has no working tree: use --revision")
-                })?;
-                let tree = flotilla_render::FsTree::new(root)
-                    .with_context(|| format!("opening {}", root.display()))?;
-                (Box::new(tree), "working tree".to_owned())
-            }
-        };
+    let (proposal, to): (Box<dyn flotilla_render::Tree>, String) = match &args.revision {
+        Some(rev) => {
+            let snap = Snapshot::open_local(&args.path, rev, max_file_bytes)?;
+            let label = format!("{rev} ({})", short_revision(&snap.commit()));
+            (Box::new(snap), label)
+        }
+        None => {
+            let root = repo
+                .workdir()
+                .ok_or_else(|| anyhow!("the repository has no working tree: use --revision"))?;
+            let tree = flotilla_render::FsTree::new(root)
+                .with_context(|| format!("opening {}", root.display()))?;
+            (Box::new(tree), "working tree".to_owned())
+        }
+    };
 
     let client = crate::kube_client(hub.kubeconfig.as_deref()).await?;
     let clusters = Api::<Cluster>::all(client.clone())
@@ -456,7 +459,10 @@ pub async fn compute(hub: &HubArgs, args: &DiffArgs) -> anyhow::Result<Outcome> 
                      --source selects it anyway)",
                     d.name_any(),
                     d.spec.source_ref.name,
-                    commit.as_deref().map(short_revision).unwrap_or_else(|| "no revision yet".to_owned()),
+                    commit
+                        .as_deref()
+                        .map(short_revision)
+                        .unwrap_or_else(|| "no revision yet".to_owned()),
                 ));
             }
             here
@@ -496,7 +502,16 @@ pub async fn compute(hub: &HubArgs, args: &DiffArgs) -> anyhow::Result<Outcome> 
             }
             let dname = format!("{}/{}", d.namespace().unwrap_or_default(), d.name_any());
             let what = format!("delivery {dname}, cluster {cname}");
-            match diff_one(d, c, &*proposal, &to, &repo, &args.path, &mut baselines, &options) {
+            match diff_one(
+                d,
+                c,
+                &*proposal,
+                &to,
+                &repo,
+                &args.path,
+                &mut baselines,
+                &options,
+            ) {
                 Ok(dd) => entry.deliveries.push(dd),
                 Err(e) => outcome.errors.push(format!("{what}: {e:#}")),
             }
@@ -562,7 +577,11 @@ fn diff_one(
                              `git fetch`)"
                         )
                     })?;
-                    let s = Snapshot::open_local(repo_path, &commit, crate::source::Limits::default().max_file_bytes)?;
+                    let s = Snapshot::open_local(
+                        repo_path,
+                        &commit,
+                        crate::source::Limits::default().max_file_bytes,
+                    )?;
                     baselines.insert(commit.clone(), s.clone());
                     s
                 }

@@ -73,14 +73,21 @@ fn compare_finds_created_changed_and_pruned_in_order() {
 #[test]
 fn secret_values_are_never_printed_but_their_changes_are_visible() {
     // "hunter2" and "s3cret" base64-encoded.
-    let old = vec![secret(json!({"password": "aHVudGVyMg==", "user": "YWRtaW4="}))];
-    let new = vec![secret(json!({"password": "czNjcmV0", "user": "YWRtaW4=", "token": "eHl6"}))];
+    let old = vec![secret(
+        json!({"password": "aHVudGVyMg==", "user": "YWRtaW4="}),
+    )];
+    let new = vec![secret(
+        json!({"password": "czNjcmV0", "user": "YWRtaW4=", "token": "eHl6"}),
+    )];
     let changes = compare(&old, &new, true, "old", "new");
     let Change::Changed(_, diff) = &changes[0] else {
         panic!("{changes:?}")
     };
     for value in ["aHVudGVyMg==", "czNjcmV0", "YWRtaW4=", "eHl6"] {
-        assert!(!diff.contains(value), "secret value {value} printed:\n{diff}");
+        assert!(
+            !diff.contains(value),
+            "secret value {value} printed:\n{diff}"
+        );
     }
     assert!(diff.contains("-  password: '*** (before)'"), "{diff}");
     assert!(diff.contains("+  password: '*** (after)'"), "{diff}");
@@ -166,5 +173,8 @@ fn the_report_groups_by_cluster_and_counts_changes() {
         cluster: "a".into(),
         deliveries: vec![],
     }];
-    assert_eq!(format_report(&none), "cluster a\nno changes on 1 cluster(s)\n");
+    assert_eq!(
+        format_report(&none),
+        "cluster a\nno changes on 1 cluster(s)\n"
+    );
 }

@@ -156,7 +156,8 @@ fn status_counts_and_names_what_is_failing_or_drifted() {
             "clusters": [{"name": "workload-1"}]},
     }))
     .unwrap()];
-    let sources: Vec<GitSource> = vec![serde_json::from_value(json!({
+    let sources: Vec<GitSource> =
+        vec![serde_json::from_value(json!({
         "metadata": {"name": "fleet", "namespace": "fleet"},
         "spec": {"url": "/srv/fleet"},
         "status": {"conditions": [{"type": "Ready", "status": "True", "reason": "Succeeded"}]},

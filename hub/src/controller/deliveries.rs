@@ -13,8 +13,8 @@ use tracing::{info, warn};
 use super::Config;
 use super::sources::{self, Sources};
 use super::util::{
-    cluster_variables, condition, duration_or, expand_path, max_unavailable, parse_rfc3339, rfc3339,
-    selector_matches, short_revision, validate_selector,
+    cluster_variables, condition, duration_or, expand_path, max_unavailable, parse_rfc3339,
+    rfc3339, selector_matches, short_revision, validate_selector,
 };
 use crate::api::{
     Cluster, ClusterDeliveryStatus, ClusterStatus, Delivery, DeliveryClusterStatus, DeliveryStatus,
@@ -429,11 +429,8 @@ impl Deliveries {
             status.last_handled_reconcile_at = Some(r.clone());
         }
 
-        let targets: Vec<&Arc<Cluster>> = clusters
-            .iter()
-            .copied()
-            .filter(|c| targets(d, c))
-            .collect();
+        let targets: Vec<&Arc<Cluster>> =
+            clusters.iter().copied().filter(|c| targets(d, c)).collect();
 
         // Seed slots from status after a restart.
         for c in &targets {

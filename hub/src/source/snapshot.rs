@@ -81,11 +81,7 @@ impl Snapshot {
     /// branch or tag, or a Flux revision `main@sha1:<commit>`) in the local repository that
     /// contains `path`, read from its object database as the hub reads its cache. Used by
     /// `flotilla diff` to render a revision exactly as the hub does.
-    pub fn open_local(
-        path: &Path,
-        revision: &str,
-        max_file_bytes: u64,
-    ) -> super::Result<Self> {
+    pub fn open_local(path: &Path, revision: &str, max_file_bytes: u64) -> super::Result<Self> {
         let repo = Repository::discover(path).map_err(|source| super::Error::Repository {
             url: path.display().to_string(),
             path: path.to_owned(),
