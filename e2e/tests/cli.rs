@@ -40,6 +40,20 @@ fn flotilla(fleet: &Fleet, args: &[&str]) -> Result<Run> {
     })
 }
 
+/// Keeps a command's output as a test artifact in `target/tmp/e2e-artifacts/cli/NAME.txt` (the
+/// examples in docs/cli.md come from there).
+fn keep(name: &str, r: &Run) {
+    let dir = Path::new(env!("CARGO_TARGET_TMPDIR")).join("e2e-artifacts/cli");
+    let _ = std::fs::create_dir_all(&dir);
+    let _ = std::fs::write(
+        dir.join(format!("{name}.txt")),
+        format!(
+            "exit code {}\n--- stdout\n{}--- stderr\n{}",
+            r.code, r.stdout, r.stderr
+        ),
+    );
+}
+
 /// `flotilla ...` that must succeed; its stdout.
 fn ok(fleet: &Fleet, args: &[&str]) -> Result<String> {
     let r = flotilla(fleet, args)?;
@@ -148,6 +162,13 @@ async fn the_cli_reads_steers_and_diffs_the_fleet() -> Result<()> {
 
     // --- get and status -----------------------------------------------------------------------
     let clusters = ok(&fleet, &["get", "clusters"])?;
+    keep("get-clusters", &flotilla(&fleet, &["get", "clusters"])?);
+    keep(
+        "get-deliveries",
+        &flotilla(&fleet, &["get", "deliveries", "-n", "fleet"])?,
+    );
+    keep("get-sources", &flotilla(&fleet, &["get", "sources", "-A"])?);
+    keep("status", &flotilla(&fleet, &["status"])?);
     assert!(
         clusters.starts_with(
             "NAME         ACCEPTED   CONNECTED   LAST SEEN   DELIVERIES READY   DRIFTED   READY   AGE"
@@ -269,6 +290,7 @@ async fn the_cli_reads_steers_and_diffs_the_fleet() -> Result<()> {
         ),
     ]);
     let d = flotilla(&fleet, &["diff", "--path", &path])?;
+    keep("diff-changes", &d);
     assert_eq!(d.code, 1, "{d:?}");
     assert_eq!(changes(&d.stdout), expected, "{}", d.stdout);
     assert!(
@@ -329,6 +351,7 @@ async fn the_cli_reads_steers_and_diffs_the_fleet() -> Result<()> {
         "apiVersion: kustomize.config.k8s.io/v1beta1\nkind: Kustomization\nresources: [../../apps/staging\n",
     )?;
     let broken = flotilla(&fleet, &["diff", "--path", &path])?;
+    keep("diff-broken", &broken);
     assert_eq!(broken.code, 2, "{broken:?}");
     assert!(
         broken
@@ -370,6 +393,8 @@ async fn the_cli_reads_steers_and_diffs_the_fleet() -> Result<()> {
         &fleet,
         &["diff", "--path", &fleet.repo.path.display().to_string()],
     )?;
+    keep("diff-suspended", &held);
+    keep("status-suspended", &flotilla(&fleet, &["status"])?);
     assert_eq!(held.code, 1, "{held:?}");
     assert_eq!(
         changes(&held.stdout),
