@@ -17,6 +17,18 @@ use serde_json::Value;
 
 const WAIT: Duration = Duration::from_secs(90);
 
+/// Base64 of `hunter2` and `s3cret-new`, and of the unchanged user name `admin`.
+const OLD_PASSWORD: &str = "aHVudGVyMg==";
+const NEW_PASSWORD: &str = "czNjcmV0LW5ldw==";
+const USER: &str = "YWRtaW4=";
+
+fn secret(password: &str) -> String {
+    format!(
+        "apiVersion: v1\nkind: Secret\nmetadata:\n  name: db-credentials\n  namespace: kube-public\n\
+         data:\n  password: {password}\n  username: {USER}\n"
+    )
+}
+
 /// One run of the real `flotilla` binary.
 #[derive(Debug)]
 struct Run {
@@ -142,6 +154,20 @@ async fn the_cli_reads_steers_and_diffs_the_fleet() -> Result<()> {
         &[],
     )
     .await?;
+    // A Secret every cluster runs, so the diff of a changed Secret is seen not to print values.
+    std::fs::write(
+        fleet.repo.path.join("infrastructure/credentials.yaml"),
+        secret(OLD_PASSWORD),
+    )?;
+    let infra = fleet.repo.read("infrastructure/kustomization.yaml")?;
+    fleet.repo.commit_file(
+        "infrastructure/kustomization.yaml",
+        &infra.replace(
+            "  - cluster-info.yaml\n",
+            "  - cluster-info.yaml\n  - credentials.yaml\n",
+        ),
+        "infrastructure: database credentials",
+    )?;
     fleet.apply_example(|_| {}).await?;
     let first = fleet.repo.head()?;
     fleet
@@ -204,7 +230,9 @@ async fn the_cli_reads_steers_and_diffs_the_fleet() -> Result<()> {
     let yaml = ok(&fleet, &["get", "cluster", "workload-1", "-o", "yaml"])?;
     let one: Value = serde_yaml::from_str(&yaml)?;
     assert_eq!(one["metadata"]["name"], "workload-1");
-    assert_eq!(one["status"]["connected"], true);
+    assert_eq!(one["kind"], "Cluster");
+    assert_eq!(one["spec"]["accepted"], true);
+    assert!(one["metadata"].get("managedFields").is_none(), "{yaml}");
     let missing = flotilla(&fleet, &["get", "deliveries", "nope", "-n", "fleet"])?;
     assert_ne!(missing.code, 0);
     assert!(missing.stderr.contains("\"nope\" not found"), "{missing:?}");
@@ -273,12 +301,17 @@ async fn the_cli_reads_steers_and_diffs_the_fleet() -> Result<()> {
         copy.join("apps/base/kustomization.yaml"),
         base.replace("  - service.yaml\n", ""),
     )?;
+    std::fs::write(
+        copy.join("infrastructure/credentials.yaml"),
+        secret(NEW_PASSWORD),
+    )?;
     let expected = BTreeMap::from([
         (
             "workload-1".to_owned(),
             set(&[
                 "+ created ConfigMap podinfo/extra",
                 "- pruned Service podinfo/podinfo",
+                "~ changed Secret kube-public/db-credentials",
             ]),
         ),
         (
@@ -286,6 +319,7 @@ async fn the_cli_reads_steers_and_diffs_the_fleet() -> Result<()> {
             set(&[
                 "~ changed Deployment podinfo/podinfo",
                 "- pruned Service podinfo/podinfo",
+                "~ changed Secret kube-public/db-credentials",
             ]),
         ),
     ]);
@@ -301,17 +335,31 @@ async fn the_cli_reads_steers_and_diffs_the_fleet() -> Result<()> {
         "the image bump is shown as a unified diff:\n{}",
         d.stdout
     );
+    // The Secret's change is visible, its values are not (neither encoded nor decoded).
+    for value in [
+        OLD_PASSWORD,
+        NEW_PASSWORD,
+        USER,
+        "hunter2",
+        "s3cret-new",
+        "admin",
+    ] {
+        assert!(
+            !d.stdout.contains(value) && !d.stderr.contains(value),
+            "diff printed the secret value {value}:\n{}",
+            d.stdout
+        );
+    }
+    for line in [
+        "-  password: '*** (before)'\n",
+        "+  password: '*** (after)'\n",
+        "      username: '***'\n",
+    ] {
+        assert!(d.stdout.contains(line), "{line:?} in\n{}", d.stdout);
+    }
     assert!(
-        d.stdout.contains(&format!(
-            "  delivery fleet/infrastructure ({} -> working tree): no changes\n",
-            &first[..12]
-        )),
-        "{}",
         d.stdout
-    );
-    assert!(
-        d.stdout
-            .ends_with("1 to create, 1 to change, 2 to prune on 2 of 2 cluster(s)\n"),
+            .ends_with("1 to create, 3 to change, 2 to prune on 2 of 2 cluster(s)\n"),
         "{}",
         d.stdout
     );
@@ -332,7 +380,13 @@ async fn the_cli_reads_steers_and_diffs_the_fleet() -> Result<()> {
     assert_eq!(one.code, 1, "{one:?}");
     assert_eq!(
         changes(&one.stdout),
-        BTreeMap::from([("workload-2".to_owned(), expected["workload-2"].clone())])
+        BTreeMap::from([(
+            "workload-2".to_owned(),
+            set(&[
+                "~ changed Deployment podinfo/podinfo",
+                "- pruned Service podinfo/podinfo",
+            ])
+        )])
     );
     assert!(!one.stdout.contains("infrastructure"), "{}", one.stdout);
 
