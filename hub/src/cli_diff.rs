@@ -184,19 +184,7 @@ pub fn mask_secrets(old: Option<&mut Value>, new: Option<&mut Value>) {
 
 /// A unified diff (3 lines of context) between two texts, `None` when they are equal.
 pub fn unified(old: &str, new: &str, old_label: &str, new_label: &str) -> Option<String> {
-    if old == new {
-        return None;
-    }
-    let diff = similar::TextDiff::from_lines(old, new);
-    let mut text = diff
-        .unified_diff()
-        .context_radius(3)
-        .header(old_label, new_label)
-        .to_string();
-    if !text.ends_with('\n') {
-        text.push('\n');
-    }
-    Some(text)
+    lines::unified(old, new, old_label, new_label, 3)
 }
 
 /// Compares two renders of one delivery for one cluster.
@@ -637,6 +625,8 @@ fn diff_one(
         changes: compare(&old, &new, d.spec.prune, &old_label, to),
     })
 }
+
+mod lines;
 
 #[cfg(test)]
 mod tests;
