@@ -11,6 +11,7 @@ pub mod cli_cluster;
 pub mod controller;
 pub mod delivery;
 pub mod fleet;
+pub mod helm;
 pub mod leader;
 pub mod notify;
 pub mod server;
