@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # Builds the Kubernetes control-plane binaries the e2e harness runs (kube-apiserver,
-# kube-controller-manager, kube-scheduler, etcd, kwok) from the Go module proxy with the machine's `go`, into a
-# cache directory outside the checkout. Idempotent: a tool whose binaries are already in the cache
-# is not rebuilt. Prints the bin directory as its last line.
+# kube-controller-manager, kube-scheduler, etcd, kwok) and `helm` (the hub renders HelmReleases
+# with it) from the Go module proxy with the machine's `go`, into a cache directory outside the
+# checkout. Idempotent: a tool whose binaries are already in the cache is not rebuilt. Prints the
+# bin directory as its last line.
 #
 #   e2e/build-tools.sh            build what is missing, print the bin directory
 #   FLOTILLA_CACHE_DIR=/x ...     use another cache (default: $XDG_CACHE_HOME/flotilla or ~/.cache/flotilla)
