@@ -166,20 +166,27 @@ async fn wait_ready_at(fleet: &Fleet, version: &str) -> Result<HelmRelease> {
     let api = Api::<HelmRelease>::namespaced(fleet.mgmt.client().await?, "flotilla-system");
     let last = std::sync::Mutex::new(None);
     let prefix = format!("demo@{version}@sha256:");
-    let r = eventually(&format!("HelmRelease web ready at {version}"), WAIT, || async {
-        let hr = api.get("web").await.ok()?;
-        *last.lock().unwrap_or_else(|e| e.into_inner()) = hr.status.clone();
-        let s = hr.status.as_ref()?;
-        let ready = s
-            .conditions
-            .iter()
-            .any(|c| c.type_ == "Ready" && c.status == "True");
-        let at = s.clusters.len() == 2
-            && s.clusters
+    let r = eventually(
+        &format!("HelmRelease web ready at {version}"),
+        WAIT,
+        || async {
+            let hr = api.get("web").await.ok()?;
+            *last.lock().unwrap_or_else(|e| e.into_inner()) = hr.status.clone();
+            let s = hr.status.as_ref()?;
+            let ready = s
+                .conditions
                 .iter()
-                .all(|c| c.ready && c.revision.as_deref().is_some_and(|r| r.starts_with(&prefix)));
-        (ready && at).then_some(hr)
-    })
+                .any(|c| c.type_ == "Ready" && c.status == "True");
+            let at = s.clusters.len() == 2
+                && s.clusters.iter().all(|c| {
+                    c.ready
+                        && c.revision
+                            .as_deref()
+                            .is_some_and(|r| r.starts_with(&prefix))
+                });
+            (ready && at).then_some(hr)
+        },
+    )
     .await;
     r.with_context(|| {
         format!(
@@ -210,7 +217,14 @@ async fn a_helm_release_reaches_both_clusters_upgrades_and_keeps_the_last_good_c
     let repo = work.path().join("repo");
     std::fs::create_dir_all(&repo)?;
     let url = serve(repo.clone()).await?;
-    let v1 = package(&helm, work.path(), &repo, "demo", "0.1.0", &[("settings.yaml", SETTINGS)])?;
+    let v1 = package(
+        &helm,
+        work.path(),
+        &repo,
+        "demo",
+        "0.1.0",
+        &[("settings.yaml", SETTINGS)],
+    )?;
     index(&helm, &repo, &url)?;
 
     let fleet = Fleet::start(
@@ -234,18 +248,18 @@ async fn a_helm_release_reaches_both_clusters_upgrades_and_keeps_the_last_good_c
                    "metadata": {"name": "local", "namespace": "flotilla-system"},
                    "spec": {"url": url, "interval": "2s"}}),
             json!({"apiVersion": "flotilla.dev/v1alpha1", "kind": "HelmRelease",
-                   "metadata": {"name": "web", "namespace": "flotilla-system"},
-                   "spec": {
-                       "chart": {"name": "demo", "version": "<1.0.0", "sourceRef": {"name": "local"}},
-                       "targetNamespace": "demo",
-                       "createNamespace": true,
-                       "clusterSelector": {"matchLabels": {"fleet.example/apps": "enabled"}},
-                       "valuesFrom": [
-                           {"kind": "ConfigMap", "name": "web-values"},
-                           {"kind": "Secret", "name": "web-secret-values", "valuesKey": "team.yaml"}
-                       ],
-                       "values": {"region": "${region}", "greeting": "hello ${cluster_name}"}
-                   }}),
+            "metadata": {"name": "web", "namespace": "flotilla-system"},
+            "spec": {
+                "chart": {"name": "demo", "version": "<1.0.0", "sourceRef": {"name": "local"}},
+                "targetNamespace": "demo",
+                "createNamespace": true,
+                "clusterSelector": {"matchLabels": {"fleet.example/apps": "enabled"}},
+                "valuesFrom": [
+                    {"kind": "ConfigMap", "name": "web-values"},
+                    {"kind": "Secret", "name": "web-secret-values", "valuesKey": "team.yaml"}
+                ],
+                "values": {"region": "${region}", "greeting": "hello ${cluster_name}"}
+            }}),
         ])
         .await?;
 
@@ -289,11 +303,21 @@ async fn a_helm_release_reaches_both_clusters_upgrades_and_keeps_the_last_good_c
         })
         .await?;
         assert_eq!(data["greeting"], format!("hello {w}"));
-        assert!(settings(&fleet, w, "web-extra").await.is_some(), "{w}: new object of 0.2.0");
+        assert!(
+            settings(&fleet, w, "web-extra").await.is_some(),
+            "{w}: new object of 0.2.0"
+        );
     }
 
     // A broken version: BuildFailed with chart, template and line; clusters keep 0.2.0.
-    package(&helm, work.path(), &repo, "demo", "0.3.0", &[("settings.yaml", BROKEN)])?;
+    package(
+        &helm,
+        work.path(),
+        &repo,
+        "demo",
+        "0.3.0",
+        &[("settings.yaml", BROKEN)],
+    )?;
     index(&helm, &repo, &url)?;
     let api = Api::<HelmRelease>::namespaced(fleet.mgmt.client().await?, "flotilla-system");
     let cond = eventually("BuildFailed for demo 0.3.0", WAIT, || async {
@@ -317,13 +341,22 @@ async fn a_helm_release_reaches_both_clusters_upgrades_and_keeps_the_last_good_c
         "nosuchfunction",
         "the cluster keeps demo@0.2.0",
     ] {
-        assert!(cond.message.contains(needle), "{needle:?} not in {:?}", cond.message);
+        assert!(
+            cond.message.contains(needle),
+            "{needle:?} not in {:?}",
+            cond.message
+        );
     }
     // Give the agents time to have applied anything they were (wrongly) sent.
     tokio::time::sleep(Duration::from_secs(5)).await;
     for w in ["workload-1", "workload-2"] {
-        let data = settings(&fleet, w, "web-settings").await.context("settings kept")?;
-        assert_eq!(data["chartVersion"], "0.2.0", "{w} keeps the last good release");
+        let data = settings(&fleet, w, "web-settings")
+            .await
+            .context("settings kept")?;
+        assert_eq!(
+            data["chartVersion"], "0.2.0",
+            "{w} keeps the last good release"
+        );
         assert_eq!(data["region"], if w == "workload-1" { "eu" } else { "us" });
         assert!(
             settings(&fleet, w, "web-extra").await.is_some(),
@@ -332,10 +365,16 @@ async fn a_helm_release_reaches_both_clusters_upgrades_and_keeps_the_last_good_c
     }
     let hr = api.get("web").await?;
     let status = hr.status.context("status")?;
-    assert_eq!(status.chart_version.as_deref(), Some("0.3.0"), "the version the range resolves to");
+    assert_eq!(
+        status.chart_version.as_deref(),
+        Some("0.3.0"),
+        "the version the range resolves to"
+    );
     for c in &status.clusters {
         assert!(
-            c.revision.as_deref().is_some_and(|r| r.starts_with("demo@0.2.0@sha256:")),
+            c.revision
+                .as_deref()
+                .is_some_and(|r| r.starts_with("demo@0.2.0@sha256:")),
             "{}: {:?}",
             c.name,
             c.revision
@@ -416,7 +455,13 @@ async fn helm_hooks_are_refused_skipped_or_applied_first() -> Result<()> {
     let skipped = template(HookPolicy::Skip).render().await?;
     let ids: Vec<String> = skipped
         .iter()
-        .map(|o: &Value| format!("{}/{}", o["kind"].as_str().unwrap_or(""), o["metadata"]["name"].as_str().unwrap_or("")))
+        .map(|o: &Value| {
+            format!(
+                "{}/{}",
+                o["kind"].as_str().unwrap_or(""),
+                o["metadata"]["name"].as_str().unwrap_or("")
+            )
+        })
         .collect();
     assert_eq!(ids, ["ConfigMap/rel-settings"]);
     assert_eq!(skipped[0]["metadata"]["namespace"], "apps");
@@ -424,7 +469,13 @@ async fn helm_hooks_are_refused_skipped_or_applied_first() -> Result<()> {
     let applied = template(HookPolicy::Apply).render().await?;
     let ids: Vec<String> = applied
         .iter()
-        .map(|o: &Value| format!("{}/{}", o["kind"].as_str().unwrap_or(""), o["metadata"]["name"].as_str().unwrap_or("")))
+        .map(|o: &Value| {
+            format!(
+                "{}/{}",
+                o["kind"].as_str().unwrap_or(""),
+                o["metadata"]["name"].as_str().unwrap_or("")
+            )
+        })
         .collect();
     assert_eq!(ids, ["Job/rel-migrate", "ConfigMap/rel-settings"]);
     Ok(())

@@ -26,8 +26,8 @@ mod yaml;
 
 use std::collections::BTreeMap;
 
-pub use tree::{DirEntry, EntryKind, FsTree, RelPath, Tree, TreeError};
 pub use kustomize::fieldspec::is_cluster_scoped_kind;
+pub use tree::{DirEntry, EntryKind, FsTree, RelPath, Tree, TreeError};
 
 /// Post-build substitution variables (`${name}` → value).
 pub type Variables = BTreeMap<String, String>;

@@ -680,7 +680,7 @@ pub struct HelmReleaseStatus {
     /// `<chart>@<version>@sha256:<digest>`: what is being delivered.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub revision: Option<String>,
-    /// The first 12 digits of the digest, for tables.
+    /// `<chart>@<version>`, for tables.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub short_revision: Option<String>,
     /// `<ready>/<targeted>` clusters.

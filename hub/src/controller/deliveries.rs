@@ -11,12 +11,12 @@ use sha2::{Digest as _, Sha256};
 use tracing::{info, warn};
 
 use super::Config;
+use super::helm::{BuildResult, HelmBuild, NotBuilt};
 use super::sources::{self, Sources};
 use super::util::{
     cluster_variables, condition, duration_or, expand_path, max_unavailable, rfc3339,
     selector_matches, short_revision, validate_selector,
 };
-use super::helm::{BuildResult, HelmBuild, NotBuilt};
 use crate::api::{
     Cluster, ClusterDeliveryStatus, ClusterStatus, Delivery, DeliveryClusterStatus, DeliverySpec,
     DeliveryStatus, HelmRelease, HelmReleaseStatus, RECONCILE_ANNOTATION, reason,
@@ -546,7 +546,11 @@ impl Deliveries {
                 } else {
                     format!("GitSource {source_key} does not exist or cannot start")
                 };
-                (sources.snapshot(&source_key).map(Origin::Git), None, missing)
+                (
+                    sources.snapshot(&source_key).map(Origin::Git),
+                    None,
+                    missing,
+                )
             }
             Kind::Helm(Ok(b)) => (Some(Origin::Helm(b.clone())), None, String::new()),
             Kind::Helm(Err(NotBuilt::Invalid(e))) => {
@@ -762,7 +766,11 @@ impl Deliveries {
                 .spec
                 .depends_on
                 .iter()
-                .filter(|dep| !self.ready.contains(&(kind.key(&ns, &dep.name), cname.clone())))
+                .filter(|dep| {
+                    !self
+                        .ready
+                        .contains(&(kind.key(&ns, &dep.name), cname.clone()))
+                })
                 .map(|dep| dep.name.clone())
                 .collect();
             if !waiting.is_empty() {

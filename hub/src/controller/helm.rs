@@ -16,9 +16,7 @@ use tokio::sync::Notify;
 use tracing::{info, warn};
 
 use super::util::{condition, duration_or, rfc3339};
-use crate::api::{
-    HelmRelease, HelmRepository, HelmRepositoryStatus, RECONCILE_ANNOTATION, reason,
-};
+use crate::api::{HelmRelease, HelmRepository, HelmRepositoryStatus, RECONCILE_ANNOTATION, reason};
 use crate::helm::HelmConfig;
 use crate::helm::repo::{self, Access, Archive, Index};
 use crate::helm::template::{self, HookPolicy, Template};
@@ -207,8 +205,22 @@ impl Charts {
             };
             if let Some(why) = invalid {
                 status.conditions = vec![
-                    condition(&prev, "Ready", false, reason::INVALID_SPEC, &why, generation),
-                    condition(&prev, "Stalled", true, reason::INVALID_SPEC, &why, generation),
+                    condition(
+                        &prev,
+                        "Ready",
+                        false,
+                        reason::INVALID_SPEC,
+                        &why,
+                        generation,
+                    ),
+                    condition(
+                        &prev,
+                        "Stalled",
+                        true,
+                        reason::INVALID_SPEC,
+                        &why,
+                        generation,
+                    ),
                 ];
                 lock(&self.repos).remove(&k);
                 out.push((r.clone(), status));
@@ -345,9 +357,12 @@ impl Charts {
         {
             return Err(NotBuilt::Invalid("spec.values must be a map".into()));
         }
-        let interval =
-            duration_or("interval", spec.interval.as_deref(), Duration::from_secs(600))
-                .map_err(NotBuilt::Invalid)?;
+        let interval = duration_or(
+            "interval",
+            spec.interval.as_deref(),
+            Duration::from_secs(600),
+        )
+        .map_err(NotBuilt::Invalid)?;
         let repo_key = key(ns, &spec.chart.source_ref.name);
         let (oci, url, index, access, repo_error) = {
             let repos = lock(&self.repos);
@@ -394,7 +409,10 @@ impl Charts {
         Ok(Arc::new(HelmBuild {
             archive,
             release_name: spec.release_name.clone().unwrap_or_else(|| hr.name_any()),
-            namespace: spec.target_namespace.clone().unwrap_or_else(|| ns.to_owned()),
+            namespace: spec
+                .target_namespace
+                .clone()
+                .unwrap_or_else(|| ns.to_owned()),
             kube_version: spec
                 .kube_version
                 .clone()
@@ -486,7 +504,7 @@ impl Charts {
     ) -> Result<Value, NotBuilt> {
         let fingerprint = format!(
             "{:?}|{:?}",
-            hr.metadata.resource_version,
+            hr.metadata.generation,
             hr.annotations().get(RECONCILE_ANNOTATION)
         );
         if let Some(v) = self.values.get(k)
@@ -547,8 +565,7 @@ async fn read_values(
                 .map_err(|e| format!("reading {what}: {e}"))?;
             match s.and_then(|s| s.data.and_then(|d| d.get(&key).cloned())) {
                 Some(b) => Some(
-                    String::from_utf8(b.0)
-                        .map_err(|_| format!("{what} key {key}: not UTF-8"))?,
+                    String::from_utf8(b.0).map_err(|_| format!("{what} key {key}: not UTF-8"))?,
                 ),
                 None => None,
             }
@@ -597,7 +614,11 @@ async fn read_access(client: &Client, ns: &str, r: &HelmRepository) -> Result<Ac
     };
     if let Some(s) = &r.spec.secret_ref {
         let data = get(s.name.clone()).await?;
-        match (text(&data, "username"), text(&data, "password"), text(&data, "bearerToken")) {
+        match (
+            text(&data, "username"),
+            text(&data, "password"),
+            text(&data, "bearerToken"),
+        ) {
             (Some(u), Some(p), _) => access.basic = Some((u, p)),
             (_, _, Some(t)) => access.bearer = Some(t),
             _ => {

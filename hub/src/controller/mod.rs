@@ -81,11 +81,7 @@ impl Stores {
             sources: watch(scoped(client, namespace), trigger.clone(), shutdown.clone()),
             clusters: watch(Api::all(client.clone()), trigger.clone(), shutdown.clone()),
             deliveries: watch(scoped(client, namespace), trigger.clone(), shutdown.clone()),
-            helm_repositories: watch(
-                scoped(client, namespace),
-                trigger.clone(),
-                shutdown.clone(),
-            ),
+            helm_repositories: watch(scoped(client, namespace), trigger.clone(), shutdown.clone()),
             helm_releases: watch(scoped(client, namespace), trigger, shutdown),
         }
     }

@@ -89,7 +89,9 @@ pub enum Error {
         available: String,
     },
     /// The downloaded archive's digest is not the one the index lists.
-    #[error("chart {chart}: downloaded archive has digest sha256:{actual}, the index says sha256:{expected}")]
+    #[error(
+        "chart {chart}: downloaded archive has digest sha256:{actual}, the index says sha256:{expected}"
+    )]
     Digest {
         /// `<name>@<version>`.
         chart: String,
@@ -181,7 +183,12 @@ impl Index {
     }
 
     /// The highest version of `chart` in `range` (`None`: any stable version).
-    pub fn resolve(&self, url: &str, chart: &str, range: Option<&str>) -> Result<ChartVersion, Error> {
+    pub fn resolve(
+        &self,
+        url: &str,
+        chart: &str,
+        range: Option<&str>,
+    ) -> Result<ChartVersion, Error> {
         let versions = self.entries.get(chart).ok_or_else(|| Error::NoChart {
             chart: chart.to_owned(),
             url: url.to_owned(),
@@ -238,7 +245,13 @@ pub fn parse_range(range: &str) -> Result<Vec<semver::VersionReq>, Error> {
             let token = token.replace(['v', 'V'], "");
             // A bare full version is an exact match in Helm (the semver crate reads it as `^`).
             let token = if !starts_with_op
-                && token.split(['-', '+']).next().unwrap_or_default().split('.').count() == 3
+                && token
+                    .split(['-', '+'])
+                    .next()
+                    .unwrap_or_default()
+                    .split('.')
+                    .count()
+                    == 3
                 && !token.contains(['x', 'X', '*'])
             {
                 format!("={token}")
@@ -253,7 +266,8 @@ pub fn parse_range(range: &str) -> Result<Vec<semver::VersionReq>, Error> {
         if comparators.is_empty() {
             comparators.push("*".into());
         }
-        let req = semver::VersionReq::parse(&comparators.join(", ")).map_err(|e| bad(e.to_string()))?;
+        let req =
+            semver::VersionReq::parse(&comparators.join(", ")).map_err(|e| bad(e.to_string()))?;
         out.push(req);
     }
     Ok(out)
@@ -291,8 +305,10 @@ fn client(access: &Access) -> Result<HttpClient, String> {
         .https_or_http()
         .enable_http1()
         .build();
-    Ok(hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
-        .build(connector))
+    Ok(
+        hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
+            .build(connector),
+    )
 }
 
 fn load_native_roots() -> Result<Vec<rustls_pki_types::CertificateDer<'static>>, ()> {
@@ -353,25 +369,30 @@ async fn get(url: &str, access: &Access, auth_origin: &str, limit: usize) -> Res
                 status: status.as_u16(),
             });
         }
-        let body = tokio::time::timeout(REQUEST_TIMEOUT, Limited::new(resp.into_body(), limit).collect())
-            .await
-            .map_err(|_| Error::Request {
-                url: url.clone(),
-                message: format!("body not read within {}s", REQUEST_TIMEOUT.as_secs()),
-            })?
-            .map_err(|e| {
-                if e.downcast_ref::<http_body_util::LengthLimitError>().is_some() {
-                    Error::TooLarge {
-                        url: url.clone(),
-                        limit,
-                    }
-                } else {
-                    Error::Request {
-                        url: url.clone(),
-                        message: e.to_string(),
-                    }
+        let body = tokio::time::timeout(
+            REQUEST_TIMEOUT,
+            Limited::new(resp.into_body(), limit).collect(),
+        )
+        .await
+        .map_err(|_| Error::Request {
+            url: url.clone(),
+            message: format!("body not read within {}s", REQUEST_TIMEOUT.as_secs()),
+        })?
+        .map_err(|e| {
+            if e.downcast_ref::<http_body_util::LengthLimitError>()
+                .is_some()
+            {
+                Error::TooLarge {
+                    url: url.clone(),
+                    limit,
                 }
-            })?;
+            } else {
+                Error::Request {
+                    url: url.clone(),
+                    message: e.to_string(),
+                }
+            }
+        })?;
         return Ok(body.to_bytes());
     }
     Err(Error::Request {
@@ -552,7 +573,9 @@ pub async fn pull_oci(
                 .stdout(std::process::Stdio::piped())
                 .stderr(std::process::Stdio::piped())
                 .kill_on_drop(true);
-            let mut child = cmd.spawn().map_err(|e| format!("running {}: {e}", helm.display()))?;
+            let mut child = cmd
+                .spawn()
+                .map_err(|e| format!("running {}: {e}", helm.display()))?;
             if let Some(input) = stdin
                 && let Some(mut w) = child.stdin.take()
             {
@@ -587,8 +610,14 @@ pub async fn pull_oci(
             .next()
             .unwrap_or_default()
             .to_owned();
-        let mut args: Vec<std::ffi::OsString> =
-            vec!["registry".into(), "login".into(), host.into(), "--username".into(), user.into(), "--password-stdin".into()];
+        let mut args: Vec<std::ffi::OsString> = vec![
+            "registry".into(),
+            "login".into(),
+            host.into(),
+            "--username".into(),
+            user.into(),
+            "--password-stdin".into(),
+        ];
         registry_flag(&mut args);
         run(args, Some(password.clone())).await.map_err(fail)?;
     }
@@ -602,7 +631,8 @@ pub async fn pull_oci(
     registry_flag(&mut args);
     if access.ca_pem.is_some() {
         let ca = dir.path().join("ca.crt");
-        std::fs::write(&ca, access.ca_pem.as_deref().unwrap_or_default()).map_err(|e| fail(e.to_string()))?;
+        std::fs::write(&ca, access.ca_pem.as_deref().unwrap_or_default())
+            .map_err(|e| fail(e.to_string()))?;
         args.push("--ca-file".into());
         args.push(ca.into());
     }
@@ -669,7 +699,11 @@ generated: "2026-11-22T00:00:00Z"
         assert_eq!(resolve(Some("*")).unwrap(), "1.0.0");
         assert_eq!(resolve(Some(">=0.1.0 <1.0.0")).unwrap(), "0.2.0");
         assert_eq!(resolve(Some(">= 0.1.0, < 1.0.0")).unwrap(), "0.2.0");
-        assert_eq!(resolve(Some("0.1.0")).unwrap(), "0.1.0", "a bare version is exact");
+        assert_eq!(
+            resolve(Some("0.1.0")).unwrap(),
+            "0.1.0",
+            "a bare version is exact"
+        );
         assert_eq!(resolve(Some("^0.1")).unwrap(), "0.1.0");
         assert_eq!(resolve(Some("0.1.x")).unwrap(), "0.1.0");
         assert_eq!(resolve(Some("~0.2 || >=5")).unwrap(), "0.2.0");
@@ -683,22 +717,35 @@ generated: "2026-11-22T00:00:00Z"
             "chart demo: no version matches \">=2.0.0\" (versions: 1.0.0, 1.0.0-rc.1, 0.2.0, 0.1.0)"
         );
         assert!(
-            resolve(Some(">= ")).unwrap_err().to_string().starts_with(
-                "spec.chart.version: \">= \" is not a semantic version range"
-            )
+            resolve(Some(">= "))
+                .unwrap_err()
+                .to_string()
+                .starts_with("spec.chart.version: \">= \" is not a semantic version range")
         );
         let e = Index::parse("x", INDEX.as_bytes())
             .unwrap()
             .resolve("http://repo", "nope", None)
             .unwrap_err();
-        assert_eq!(e.to_string(), "chart nope is not in the repository index (http://repo)");
+        assert_eq!(
+            e.to_string(),
+            "chart nope is not in the repository index (http://repo)"
+        );
     }
 
     #[test]
     fn chart_urls_resolve_against_the_repository() {
-        assert_eq!(join("http://h:1/charts/", "demo-0.1.0.tgz"), "http://h:1/charts/demo-0.1.0.tgz");
-        assert_eq!(join("http://h:1/charts/", "/x/demo.tgz"), "http://h:1/x/demo.tgz");
-        assert_eq!(join("http://h:1/charts/", "https://cdn/demo.tgz"), "https://cdn/demo.tgz");
+        assert_eq!(
+            join("http://h:1/charts/", "demo-0.1.0.tgz"),
+            "http://h:1/charts/demo-0.1.0.tgz"
+        );
+        assert_eq!(
+            join("http://h:1/charts/", "/x/demo.tgz"),
+            "http://h:1/x/demo.tgz"
+        );
+        assert_eq!(
+            join("http://h:1/charts/", "https://cdn/demo.tgz"),
+            "https://cdn/demo.tgz"
+        );
         assert_eq!(origin("https://h/charts").as_deref(), Some("https://h:443"));
         assert_eq!(origin("http://h:8080/x").as_deref(), Some("http://h:8080"));
     }

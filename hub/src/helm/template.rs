@@ -16,7 +16,7 @@ const TEMPLATE_TIMEOUT: Duration = Duration::from_secs(60);
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
     /// `helm` could not be started.
-    #[error("running {binary} (set the hub's --helm-binary)")]
+    #[error("running {binary} (set --helm-binary)")]
     Spawn {
         /// The binary.
         binary: String,
@@ -234,7 +234,10 @@ pub fn parse_output(chart: &str, text: &str) -> Result<Vec<Doc>, Error> {
         }
         let ok = value.get("apiVersion").and_then(Value::as_str).is_some()
             && value.get("kind").and_then(Value::as_str).is_some()
-            && value.pointer("/metadata/name").and_then(Value::as_str).is_some();
+            && value
+                .pointer("/metadata/name")
+                .and_then(Value::as_str)
+                .is_some();
         if !ok {
             return Err(Error::Output {
                 chart: chart.to_owned(),
@@ -273,7 +276,9 @@ pub fn finish(
     // Kinds the chart itself defines as cluster-scoped.
     let own_cluster_kinds: HashSet<String> = docs
         .iter()
-        .filter(|d| d.object.get("kind").and_then(Value::as_str) == Some("CustomResourceDefinition"))
+        .filter(|d| {
+            d.object.get("kind").and_then(Value::as_str) == Some("CustomResourceDefinition")
+        })
         .filter(|d| d.object.pointer("/spec/scope").and_then(Value::as_str) == Some("Cluster"))
         .filter_map(|d| d.object.pointer("/spec/names/kind").and_then(Value::as_str))
         .map(str::to_owned)
@@ -341,9 +346,7 @@ pub fn finish(
 
 fn template_line_re() -> &'static Regex {
     static RE: OnceLock<Regex> = OnceLock::new();
-    RE.get_or_init(|| {
-        Regex::new(r"(?:template: |at \()([^\s:()]+):(\d+)").expect("a valid regex")
-    })
+    RE.get_or_init(|| Regex::new(r"(?:template: |at \()([^\s:()]+):(\d+)").expect("a valid regex"))
 }
 
 fn yaml_error_re() -> &'static Regex {
@@ -427,10 +430,7 @@ mod tests {
              \"demo/templates/configmap.yaml\" at <.Values.missing.key>: nil pointer evaluating \
              interface {}.key\n\nUse --debug flag to render out invalid YAML\n",
         );
-        let Error::Template {
-            template, line, ..
-        } = &e
-        else {
+        let Error::Template { template, line, .. } = &e else {
             panic!("{e:?}")
         };
         assert_eq!(template, "demo/templates/configmap.yaml");
@@ -446,13 +446,19 @@ mod tests {
             "demo@1.0.0",
             "Error: parse error at (demo/templates/cm.yaml:5): function \"nope\" not defined\n",
         );
-        assert!(matches!(&e, Error::Template { template, line: 5, .. } if template == "demo/templates/cm.yaml"), "{e:?}");
+        assert!(
+            matches!(&e, Error::Template { template, line: 5, .. } if template == "demo/templates/cm.yaml"),
+            "{e:?}"
+        );
         let e = helm_error(
             "demo@1.0.0",
             "Error: YAML parse error on demo/templates/cm.yaml: error converting YAML to JSON: \
              yaml: line 4: could not find expected ':'\n",
         );
-        assert!(matches!(&e, Error::Template { template, line: 4, .. } if template == "demo/templates/cm.yaml"), "{e:?}");
+        assert!(
+            matches!(&e, Error::Template { template, line: 4, .. } if template == "demo/templates/cm.yaml"),
+            "{e:?}"
+        );
         let e = helm_error("demo@1.0.0", "Error: chart requires kubeVersion: >=1.40\n");
         assert_eq!(
             e.to_string(),
@@ -512,11 +518,21 @@ metadata:
             .collect();
         assert_eq!(names, ["web", "web"]);
         assert_eq!(skipped[0]["metadata"]["namespace"], "apps");
-        assert!(skipped[1]["metadata"].get("namespace").is_none(), "ClusterRole is cluster-scoped");
+        assert!(
+            skipped[1]["metadata"].get("namespace").is_none(),
+            "ClusterRole is cluster-scoped"
+        );
 
         let applied = finish("demo@1.0.0", docs, "apps", HookPolicy::Apply).unwrap();
-        let kinds: Vec<&str> = applied.iter().map(|o| o["kind"].as_str().unwrap()).collect();
-        assert_eq!(kinds, ["Job", "ServiceAccount", "ClusterRole"], "pre-install hook first, test left out");
+        let kinds: Vec<&str> = applied
+            .iter()
+            .map(|o| o["kind"].as_str().unwrap())
+            .collect();
+        assert_eq!(
+            kinds,
+            ["Job", "ServiceAccount", "ClusterRole"],
+            "pre-install hook first, test left out"
+        );
     }
 
     #[test]
@@ -536,7 +552,10 @@ metadata:
     fn values_merge_like_helm_and_substitute_per_cluster() {
         let mut base = json!({"image": {"tag": "1", "repo": "web"}, "list": [1, 2]});
         merge_values(&mut base, json!({"image": {"tag": "2"}, "list": [3]}));
-        assert_eq!(base, json!({"image": {"tag": "2", "repo": "web"}, "list": [3]}));
+        assert_eq!(
+            base,
+            json!({"image": {"tag": "2", "repo": "web"}, "list": [3]})
+        );
         let vars = BTreeMap::from([("cluster_name".to_owned(), "eu-1".to_owned())]);
         let v = substitute_values(&json!({"greeting": "hello ${cluster_name}"}), &vars).unwrap();
         assert_eq!(v, json!({"greeting": "hello eu-1"}));
