@@ -44,6 +44,22 @@ pub enum Command {
     Reconcile(crate::cli_cluster::ReconcileCommand),
     /// Print the CustomResourceDefinitions of the hub's API (`flotilla.dev/v1alpha1`) as YAML.
     Crds,
+    /// List clusters, deliveries or sources as a table (or `-o yaml|json`).
+    Get(crate::cli_get::GetArgs),
+    /// Summarise the fleet: clusters connected, deliveries ready, what is failing or drifted.
+    Status(crate::cli_get::StatusArgs),
+    /// Suspend a source (no more fetches) or a delivery (no new revisions reach the clusters).
+    #[command(subcommand)]
+    Suspend(crate::cli_get::SuspendTarget),
+    /// Resume a suspended source or delivery.
+    #[command(subcommand)]
+    Resume(crate::cli_get::SuspendTarget),
+    /// Show, per cluster, what a working tree or a commit would create, change or prune
+    /// compared with what the cluster runs.
+    ///
+    /// Exit code: 0 no change, 1 changes, 2 error (e.g. a render error, naming file and line).
+    /// Secret values are never printed.
+    Diff(crate::cli_diff::DiffArgs),
 }
 
 /// Arguments of `flotilla render`.
@@ -163,8 +179,9 @@ impl RenderArgs {
 }
 
 impl Args {
-    /// Runs the chosen subcommand; output goes to stdout, logs to stderr.
-    pub async fn run(self) -> anyhow::Result<()> {
+    /// Runs the chosen subcommand; output goes to stdout, logs to stderr. Returns the process
+    /// exit code (`flotilla diff` has its own: 0 no change, 1 changes, 2 error).
+    pub async fn run(self) -> anyhow::Result<std::process::ExitCode> {
         self.log.init()?;
         let mut out = std::io::stdout().lock();
         match self.command {
@@ -183,6 +200,20 @@ impl Args {
                 crate::cli_cluster::reconcile(&self.hub, cmd, &mut out).await?
             }
             Command::Crds => out.write_all(crate::api::crds_yaml().as_bytes())?,
+            Command::Get(args) => crate::cli_get::get(&self.hub, args, &mut out).await?,
+            Command::Status(args) => crate::cli_get::status(&self.hub, args, &mut out).await?,
+            Command::Suspend(target) => {
+                crate::cli_get::set_suspend(&self.hub, target, true, &mut out).await?
+            }
+            Command::Resume(target) => {
+                crate::cli_get::set_suspend(&self.hub, target, false, &mut out).await?
+            }
+            Command::Diff(args) => {
+                let mut err = std::io::stderr().lock();
+                let code = crate::cli_diff::diff(&self.hub, args, &mut out, &mut err).await?;
+                out.flush()?;
+                return Ok(std::process::ExitCode::from(code));
+            }
             Command::Render(args) => match match &args.helm_release {
                 Some(f) => args.render_helm(f).await,
                 None => args.render(),
@@ -197,6 +228,6 @@ impl Args {
                 }
             },
         }
-        Ok(())
+        Ok(std::process::ExitCode::SUCCESS)
     }
 }

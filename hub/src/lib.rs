@@ -8,6 +8,8 @@ pub mod api;
 pub mod bundle;
 pub mod cli;
 pub mod cli_cluster;
+pub mod cli_diff;
+pub mod cli_get;
 pub mod controller;
 pub mod delivery;
 pub mod fleet;

@@ -14,8 +14,8 @@ use super::Config;
 use super::helm::{BuildResult, HelmBuild, NotBuilt};
 use super::sources::{self, Sources};
 use super::util::{
-    cluster_variables, condition, duration_or, expand_path, max_unavailable, rfc3339,
-    selector_matches, short_revision, validate_selector,
+    cluster_variables, condition, duration_or, expand_path, max_unavailable, parse_rfc3339,
+    rfc3339, selector_matches, short_revision, validate_selector,
 };
 use crate::api::{
     Cluster, ClusterDeliveryStatus, ClusterStatus, Delivery, DeliveryClusterStatus, DeliverySpec,
@@ -575,14 +575,8 @@ impl Deliveries {
             status.last_handled_reconcile_at = Some(r.clone());
         }
 
-        let targets: Vec<&Arc<Cluster>> = clusters
-            .iter()
-            .copied()
-            .filter(|c| {
-                cluster_state(c) != ClusterState::Revoked
-                    && selector_matches(&d.spec.cluster_selector, c.labels())
-            })
-            .collect();
+        let targets: Vec<&Arc<Cluster>> =
+            clusters.iter().copied().filter(|c| targets(d, c)).collect();
 
         // Seed slots from status after a restart.
         for c in &targets {
@@ -635,8 +629,7 @@ impl Deliveries {
                 continue;
             }
             let Some(snapshot) = &snapshot else { continue };
-            let path = expand_path(&d.spec.path, &cname, c.labels());
-            let vars = cluster_variables(&cname, c.labels(), &d.spec.variables, &c.spec.variables);
+            let (path, vars) = render_input(d, c);
             let input = {
                 let mut h = std::collections::hash_map::DefaultHasher::new();
                 snapshot.fingerprint().hash(&mut h);
@@ -1409,22 +1402,6 @@ impl Deliveries {
     }
 }
 
-/// Parses what [`rfc3339`] writes (`YYYY-MM-DDTHH:MM:SSZ`).
-fn parse_rfc3339(s: &str) -> Option<SystemTime> {
-    let n = |r: std::ops::Range<usize>| s.get(r)?.parse::<u32>().ok();
-    if s.len() != 20 || !s.ends_with('Z') {
-        return None;
-    }
-    let month = time::Month::try_from(n(5..7)? as u8).ok()?;
-    let date = time::Date::from_calendar_date(n(0..4)? as i32, month, n(8..10)? as u8).ok()?;
-    let clock = time::Time::from_hms(n(11..13)? as u8, n(14..16)? as u8, n(17..19)? as u8).ok()?;
-    Some(
-        time::PrimitiveDateTime::new(date, clock)
-            .assume_utc()
-            .into(),
-    )
-}
-
 fn seen_within(old: &str, now: SystemTime, grain: Duration) -> bool {
     parse_rfc3339(old)
         .and_then(|t| now.duration_since(t).ok())
@@ -1437,10 +1414,51 @@ async fn render(
     vars: BTreeMap<String, String>,
     options: flotilla_render::Options,
 ) -> Result<Vec<Value>, String> {
-    tokio::task::spawn_blocking(move || {
-        let rel = flotilla_render::RelPath::new(&path).map_err(|e| format!("{e}"))?;
-        flotilla_render::render(&snapshot, &rel, &vars, &options).map_err(|e| format!("{e}"))
-    })
-    .await
-    .map_err(|e| format!("render task failed: {e}"))?
+    tokio::task::spawn_blocking(move || render_tree(&snapshot, &path, &vars, &options))
+        .await
+        .map_err(|e| format!("render task failed: {e}"))?
+}
+
+// What follows is how the hub turns (delivery, cluster, tree) into objects; `flotilla diff`
+// calls the same functions so that its preview is what the hub would send.
+
+/// Whether `delivery` targets `cluster`: its selector matches and the cluster is not revoked.
+pub fn targets(delivery: &Delivery, cluster: &Cluster) -> bool {
+    cluster_state(cluster) != ClusterState::Revoked
+        && selector_matches(&delivery.spec.cluster_selector, cluster.labels())
+}
+
+/// The directory (its `${cluster.*}` references expanded, or why that failed) and the
+/// post-build variables the hub renders `delivery` with for `cluster`.
+pub fn render_input(
+    delivery: &Delivery,
+    cluster: &Cluster,
+) -> (Result<String, String>, BTreeMap<String, String>) {
+    let name = cluster.name_any();
+    let path = expand_path(&delivery.spec.path, &name, cluster.labels());
+    let vars = cluster_variables(
+        &name,
+        cluster.labels(),
+        &delivery.spec.variables,
+        &cluster.spec.variables,
+    );
+    (path, vars)
+}
+
+/// Renders `path` of `tree` with `vars` as the hub does; the error names file and line.
+pub fn render_tree(
+    tree: &dyn flotilla_render::Tree,
+    path: &str,
+    vars: &BTreeMap<String, String>,
+    options: &flotilla_render::Options,
+) -> Result<Vec<Value>, String> {
+    let rel = flotilla_render::RelPath::new(path).map_err(|e| format!("{e}"))?;
+    flotilla_render::render(tree, &rel, vars, options).map_err(|e| format!("{e}"))
+}
+
+/// The digest the hub records in a delivery's per-cluster status (`digest`) for a render:
+/// the canonical objects and the delivery's apply options. `flotilla diff` compares it with
+/// status to prove its baseline is what the cluster was sent.
+pub fn bundle_digest(delivery: &Delivery, objects: &[Value]) -> Result<String, String> {
+    Ok(render_digest(objects, &delivery_options(delivery)?))
 }

@@ -122,6 +122,9 @@ struct RepoState {
     access: Access,
 }
 
+/// (repository, chart, version) for HTTP repositories; (repository, chart, range) for OCI.
+type ArchiveKey = (String, String, String);
+
 #[derive(Debug, Clone)]
 enum ArchiveState {
     InFlight,
@@ -143,7 +146,7 @@ pub struct Charts {
     trigger: Arc<Notify>,
     repos: Arc<Mutex<HashMap<String, RepoState>>>,
     /// Keyed by (repository, chart, version) for HTTP, (repository, chart, range) for OCI.
-    archives: Arc<Mutex<HashMap<(String, String, String), ArchiveState>>>,
+    archives: Arc<Mutex<HashMap<ArchiveKey, ArchiveState>>>,
     values: HashMap<String, ValuesState>,
 }
 
@@ -427,7 +430,7 @@ impl Charts {
     /// The archive for `key` if on disk; otherwise starts getting it.
     fn archive(
         &self,
-        key: (String, String, String),
+        key: ArchiveKey,
         oci: bool,
         url: &str,
         version: Option<repo::ChartVersion>,

@@ -15,7 +15,7 @@
 //! re-sealed under the same sequence ([`crate::delivery::Hub::restore_encoded`]), so agents are
 //! not sent again what they already hold.
 
-mod deliveries;
+pub mod deliveries;
 mod helm;
 mod observed;
 mod sources;

@@ -163,6 +163,22 @@ pub fn rfc3339(t: SystemTime) -> String {
     )
 }
 
+/// Parses what [`rfc3339`] writes (`YYYY-MM-DDTHH:MM:SSZ`).
+pub fn parse_rfc3339(s: &str) -> Option<SystemTime> {
+    let n = |r: std::ops::Range<usize>| s.get(r)?.parse::<u32>().ok();
+    if s.len() != 20 || !s.ends_with('Z') {
+        return None;
+    }
+    let month = time::Month::try_from(n(5..7)? as u8).ok()?;
+    let date = time::Date::from_calendar_date(n(0..4)? as i32, month, n(8..10)? as u8).ok()?;
+    let clock = time::Time::from_hms(n(11..13)? as u8, n(14..16)? as u8, n(17..19)? as u8).ok()?;
+    Some(
+        time::PrimitiveDateTime::new(date, clock)
+            .assume_utc()
+            .into(),
+    )
+}
+
 /// A condition; `previous` keeps its transition time when the status did not change.
 pub fn condition(
     previous: &[Condition],

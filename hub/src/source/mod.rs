@@ -205,6 +205,17 @@ pub enum Error {
         /// What went wrong.
         message: String,
     },
+    /// A revision asked for in a local repository is not there.
+    #[error("revision {revision:?} not found in the Git repository at {path} (fetch it first?)")]
+    Revision {
+        /// Where the repository was looked for.
+        path: PathBuf,
+        /// The revision as asked for.
+        revision: String,
+        /// What libgit2 said.
+        #[source]
+        source: git2::Error,
+    },
     /// The repository exceeds [`Limits::max_repo_bytes`].
     #[error("repository {url} is {size} bytes, over the limit of {limit} bytes")]
     RepositoryTooLarge {

@@ -81,7 +81,7 @@ impl FailureReason {
         match error {
             Error::Auth { .. } => Self::AuthenticationFailed,
             Error::HostKey { .. } => Self::HostKeyRejected,
-            Error::RefNotFound { .. } => Self::RefNotFound,
+            Error::RefNotFound { .. } | Error::Revision { .. } => Self::RefNotFound,
             Error::Verification { .. } => Self::SourceVerificationFailed,
             Error::RepositoryTooLarge { .. } => Self::LimitExceeded,
             Error::Config { .. }

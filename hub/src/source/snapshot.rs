@@ -77,6 +77,45 @@ impl Snapshot {
         }
     }
 
+    /// A snapshot of `revision` (anything `git rev-parse` understands: a commit, `HEAD~1`, a
+    /// branch or tag, or a Flux revision `main@sha1:<commit>`) in the local repository that
+    /// contains `path`, read from its object database as the hub reads its cache. Used by
+    /// `flotilla diff` to render a revision exactly as the hub does.
+    pub fn open_local(path: &Path, revision: &str, max_file_bytes: u64) -> super::Result<Self> {
+        let repo = Repository::discover(path).map_err(|source| super::Error::Repository {
+            url: path.display().to_string(),
+            path: path.to_owned(),
+            source,
+        })?;
+        // Flux-style revisions name the commit after `sha1:`.
+        let spec = revision.rsplit_once("sha1:").map_or(revision, |(_, c)| c);
+        let commit = repo
+            .revparse_single(spec)
+            .and_then(|o| o.peel_to_commit())
+            .map_err(|source| super::Error::Revision {
+                path: path.to_owned(),
+                revision: revision.to_owned(),
+                source,
+            })?;
+        let (commit_id, tree) = (commit.id(), commit.tree_id());
+        drop(commit);
+        let repo_path = repo.path().to_owned();
+        Ok(Self::new(
+            SnapshotParts {
+                source: "local".to_owned(),
+                url: path.display().to_string(),
+                reference: super::GitRef::Commit(commit_id.to_string()),
+                resolved_ref: None,
+                commit: commit_id,
+                tree,
+                verified_by: None,
+                repo_path,
+                max_file_bytes,
+            },
+            repo,
+        ))
+    }
+
     /// The source's name.
     pub fn source(&self) -> &str {
         &self.inner.source
