@@ -50,6 +50,9 @@ pub struct Stores {
     pub clusters: Store<Cluster>,
     /// Every `Delivery` watched.
     pub deliveries: Store<Delivery>,
+    /// Counts the changes seen by the three watches, for readers other than the controller
+    /// (the dashboard's live updates) that want to know *that* something changed.
+    changes: tokio::sync::watch::Sender<u64>,
 }
 
 impl Stores {
@@ -71,11 +74,33 @@ impl Stores {
                 None => Api::all(client.clone()),
             }
         }
+        let changes = tokio::sync::watch::Sender::new(0);
         Self {
-            sources: watch(scoped(client, namespace), trigger.clone(), shutdown.clone()),
-            clusters: watch(Api::all(client.clone()), trigger.clone(), shutdown.clone()),
-            deliveries: watch(scoped(client, namespace), trigger, shutdown),
+            sources: watch(
+                scoped(client, namespace),
+                trigger.clone(),
+                changes.clone(),
+                shutdown.clone(),
+            ),
+            clusters: watch(
+                Api::all(client.clone()),
+                trigger.clone(),
+                changes.clone(),
+                shutdown.clone(),
+            ),
+            deliveries: watch(
+                scoped(client, namespace),
+                trigger,
+                changes.clone(),
+                shutdown,
+            ),
+            changes,
         }
+    }
+
+    /// A receiver that sees a new value after every change to any of the three caches.
+    pub fn subscribe(&self) -> tokio::sync::watch::Receiver<u64> {
+        self.changes.subscribe()
     }
 
     /// Waits until every cache holds a first full list.
@@ -86,7 +111,12 @@ impl Stores {
     }
 }
 
-fn watch<K>(api: Api<K>, trigger: Arc<Notify>, shutdown: CancellationToken) -> Store<K>
+fn watch<K>(
+    api: Api<K>,
+    trigger: Arc<Notify>,
+    changes: tokio::sync::watch::Sender<u64>,
+    shutdown: CancellationToken,
+) -> Store<K>
 where
     K: kube::Resource + Clone + DeserializeOwned + std::fmt::Debug + Send + Sync + 'static,
     K::DynamicType: Default + Eq + std::hash::Hash + Clone,
@@ -103,7 +133,10 @@ where
             tokio::select! {
                 _ = shutdown.cancelled() => break,
                 item = stream.next() => match item {
-                    Some(Ok(_)) => trigger.notify_one(),
+                    Some(Ok(_)) => {
+                        trigger.notify_one();
+                        changes.send_modify(|n| *n = n.wrapping_add(1));
+                    }
                     Some(Err(e)) => warn!(kind = %K::kind(&Default::default()), error = %e, "watching the management cluster"),
                     None => break,
                 },
