@@ -108,6 +108,7 @@ cat <<MSG
 
 flotilla demo fleet is up.
 
+  dashboard:         http://127.0.0.1:7480/   (open it in a browser: both clusters, live)
   fleet status:      kubectl --kubeconfig $mgmt get clusters,deliveries -A
   explain a cluster: kubectl --kubeconfig $mgmt describe cluster workload-1
   workload clusters: kubectl --kubeconfig ${kubeconfig[workload-1]} -n podinfo get deploy,cm

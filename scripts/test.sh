@@ -19,7 +19,23 @@ export PATH="$PATH:/usr/local/go/bin:$HOME/.cargo/bin"
 export FLOTILLA_E2E=1
 export CARGO_TERM_COLOR=${CARGO_TERM_COLOR:-never}
 
+# The dashboard's browser tests (e2e/tests/dashboard.rs) drive Debian's Chromium with
+# playwright-core: install both when missing, and fail here (not skip later) when that fails.
+browser_deps() {
+  local sudo=""
+  [[ $(id -u) -eq 0 ]] || sudo="sudo"
+  if [[ ! -x /usr/bin/chromium ]] || ! command -v node >/dev/null || ! command -v npm >/dev/null; then
+    echo "installing chromium, node and npm from Debian for the dashboard browser tests"
+    $sudo apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq chromium nodejs npm >/dev/null
+  fi
+  [[ -x /usr/bin/chromium ]] || { echo "error: /usr/bin/chromium is still missing" >&2; return 1; }
+  /usr/bin/chromium --version
+  (cd e2e/browser && npm ci --no-audit --no-fund --loglevel=error)
+}
+
 stage "build control-plane tools" e2e/build-tools.sh
+stage "browser test dependencies" browser_deps
 stage "cargo fmt --check" cargo fmt --all -- --check
 stage "cargo clippy" cargo clippy --workspace --all-targets --quiet -- -D warnings
 stage "cargo test" cargo test --workspace --no-fail-fast

@@ -7,7 +7,6 @@
 use std::io::Write as _;
 
 use serde_json::Value;
-use sha2::{Digest as _, Sha256};
 
 /// The sha256 digest of a bundle's canonical payload.
 #[derive(Clone, Copy, PartialEq, Eq, Hash)]
@@ -16,7 +15,10 @@ pub struct Digest(pub [u8; 32]);
 impl Digest {
     /// The digest of `bytes`.
     pub fn of(bytes: &[u8]) -> Self {
-        Self(Sha256::digest(bytes).into())
+        // ring's assembly is about twice as fast as a portable sha256 on CPUs without the SHA
+        // extensions, and every bundle is digested by the hub and again by its agent.
+        let d = ring::digest::digest(&ring::digest::SHA256, bytes);
+        Self(d.as_ref().try_into().expect("sha256 is 32 bytes"))
     }
 
     /// Reads a digest from its 32 raw bytes; `None` when the length is wrong.
@@ -103,6 +105,14 @@ pub fn decode_objects(bytes: &[u8]) -> Result<Vec<Value>, serde_json::Error> {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn digest_is_sha256() {
+        assert_eq!(
+            format!("{:?}", super::Digest::of(b"abc")),
+            "sha256:ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad"
+        );
+    }
+
     use serde_json::json;
 
     use super::*;

@@ -110,6 +110,8 @@ impl RunningHub {
 #[derive(Debug)]
 pub struct AckingSink {
     applied: Mutex<Vec<VerifiedBundle>>,
+    keep_applied: bool,
+    applied_at: Mutex<Option<std::time::Instant>>,
     rejected: Mutex<Vec<String>>,
     latest: watch::Sender<u64>,
 }
@@ -118,6 +120,8 @@ impl Default for AckingSink {
     fn default() -> Self {
         Self {
             applied: Mutex::default(),
+            keep_applied: true,
+            applied_at: Mutex::default(),
             rejected: Mutex::default(),
             latest: watch::channel(0).0,
         }
@@ -125,6 +129,20 @@ impl Default for AckingSink {
 }
 
 impl AckingSink {
+    /// A sink that keeps only the newest sequence and when it was applied, not the bundles: for
+    /// benchmarks with thousands of agents.
+    pub fn counting() -> Self {
+        Self {
+            keep_applied: false,
+            ..Self::default()
+        }
+    }
+
+    /// When the newest bundle was verified and handed to this sink.
+    pub fn applied_at(&self) -> Option<std::time::Instant> {
+        *self.applied_at.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
     /// Bundles applied so far, in order.
     pub fn applied(&self) -> Vec<VerifiedBundle> {
         self.applied
@@ -188,10 +206,14 @@ impl BundleSink for AckingSink {
             })
             .collect();
         let sequence = bundle.meta.sequence;
-        self.applied
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .push(bundle);
+        if self.keep_applied {
+            self.applied
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .push(bundle);
+        }
+        *self.applied_at.lock().unwrap_or_else(|e| e.into_inner()) =
+            Some(std::time::Instant::now());
         self.latest.send_modify(|s| *s = (*s).max(sequence));
         ApplyResult {
             applied: true,

@@ -11,6 +11,7 @@ pub mod cli_cluster;
 pub mod cli_diff;
 pub mod cli_get;
 pub mod controller;
+pub mod dashboard;
 pub mod delivery;
 pub mod fleet;
 pub mod helm;

@@ -62,7 +62,8 @@ pub struct Args {
     #[arg(long = "server-name", env = "FLOTILLA_SERVER_NAME", default_values_t = ["localhost".to_string()])]
     pub server_names: Vec<String>,
 
-    /// Address of the HTTP listener: `/healthz`, `/readyz` and the Git webhook receiver.
+    /// Address of the HTTP listener: the dashboard (`/`) and its JSON API (`/api/v1/…`),
+    /// `/healthz`, `/readyz` and the Git webhook receiver.
     #[arg(long, env = "FLOTILLA_HTTP_LISTEN", default_value = "0.0.0.0:8080")]
     pub http_listen: SocketAddr,
 
@@ -222,6 +223,8 @@ impl Args {
             format!("creating the cache directory {}", self.cache_dir.display())
         })?;
         let cache = Arc::new(GitCache::new(&self.cache_dir)?);
+        let dashboard =
+            crate::dashboard::Dashboard::new(stores.clone(), hub.clone(), shutdown.clone());
         let controller = Controller::new(
             client,
             stores,
@@ -254,11 +257,12 @@ impl Args {
         let http = TcpListener::bind(self.http_listen)
             .await
             .with_context(|| format!("binding the HTTP listener {}", self.http_listen))?;
-        info!(address = %http.local_addr()?, "serving HTTP");
+        info!(address = %http.local_addr()?, dashboard = %format!("http://{}/", http.local_addr()?), "serving HTTP");
         let router = axum::Router::new()
             .route("/healthz", axum::routing::get(|| async { "ok\n" }))
             .route("/readyz", axum::routing::get(|| async { "ok\n" }))
-            .merge(crate::webhook::router(webhooks, on_push));
+            .merge(crate::webhook::router(webhooks, on_push))
+            .merge(dashboard.router());
         let http_task = {
             let stop = shutdown.clone();
             tokio::spawn(async move {

@@ -540,6 +540,7 @@ impl<S: BundleSink> Agent<S> {
                 agent_version: crate::VERSION.to_owned(),
                 last_sequence: s.verifier.held().clone().into_iter().collect(),
                 key_set_sequence: s.verifier.key_set_sequence(),
+                accept_payload_encodings: vec![pb::PayloadEncoding::Zstd as i32],
             })),
         }
     }
@@ -556,8 +557,9 @@ impl<S: BundleSink> Agent<S> {
     async fn session(&self, shutdown: &CancellationToken) -> Result<()> {
         let identity = self.lock().identity.clone();
         let channel = channel(&self.config.hub, Some(&identity)).await?;
+        // Bundles arrive compressed once by the hub (`PayloadEncoding::Zstd`); the agent's own
+        // messages are small, so no per-message compression either way.
         let mut client = pb::delivery_client::DeliveryClient::new(channel.clone())
-            .send_compressed(CompressionEncoding::Zstd)
             .accept_compressed(CompressionEncoding::Zstd)
             .accept_compressed(CompressionEncoding::Gzip);
         let (tx, rx) = mpsc::channel(16);

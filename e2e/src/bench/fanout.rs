@@ -134,15 +134,32 @@ pub async fn run_hub(args: FanoutHubArgs) -> anyhow::Result<()> {
     let mut lines = tokio::io::BufReader::new(tokio::io::stdin()).lines();
     let mut stdout = tokio::io::stdout();
     let mut published = vec![0u64; args.agents];
+    // The rendered objects of the next revision, per cluster: rendering is `bench render`'s
+    // business, so it happens before the clock starts.
+    let mut prepared: Option<(String, Vec<Vec<serde_json::Value>>)> = None;
     while let Some(line) = lines.next_line().await? {
         let mut words = line.split_whitespace();
         let reply = match (words.next(), words.next()) {
+            (Some("PREPARE"), Some(rev)) => {
+                let t0 = Instant::now();
+                let rendered = (0..args.agents)
+                    .map(|i| objects(&cluster_name(i), rev, args.objects))
+                    .collect();
+                prepared = Some((rev.to_owned(), rendered));
+                format!("PREPARED {}", t0.elapsed().as_millis())
+            }
             (Some("PUBLISH"), Some(rev)) => {
                 let t0 = Instant::now();
+                let rendered = match prepared.take() {
+                    Some((r, rendered)) if r == rev => rendered,
+                    _ => (0..args.agents)
+                        .map(|i| objects(&cluster_name(i), rev, args.objects))
+                        .collect(),
+                };
                 let mut seq = 0;
-                for (i, p) in published.iter_mut().enumerate() {
-                    let c = cluster_name(i);
-                    seq = hub.publish(&c, DELIVERY, rev, &objects(&c, rev, args.objects))?;
+                for ((i, p), objects) in published.iter_mut().enumerate().zip(rendered) {
+                    // Encoded, digested and signed for its cluster, inside the timed window.
+                    seq = hub.publish(&cluster_name(i), DELIVERY, rev, &objects)?;
                     *p = seq;
                 }
                 format!("PUBLISHED {seq} {}", t0.elapsed().as_millis())
@@ -394,7 +411,7 @@ pub async fn run(args: FanoutArgs) -> anyhow::Result<()> {
     config.heartbeat_interval = Duration::from_secs(15);
     let t = Instant::now();
     for r in &registrations {
-        let sink = Arc::new(AckingSink::default());
+        let sink = Arc::new(AckingSink::counting());
         let agent = Agent::new(config.clone(), r.clone(), sink.clone());
         let stop = stop.clone();
         tokio::spawn(async move { agent.run(stop).await });
@@ -529,16 +546,19 @@ async fn publish_round(
     rev: &str,
 ) -> anyhow::Result<Round> {
     let before: Vec<u64> = sinks.iter().map(|s| *s.latest().borrow()).collect();
+    child.ask(&format!("PREPARE {rev}")).await?;
     let (cpu0, _, _, _) = child.stats(u64::MAX).await?;
     let t0 = Instant::now();
     let receivers: Vec<_> = sinks.iter().map(|s| s.latest()).collect();
-    let waits = receivers
-        .into_iter()
-        .zip(before)
-        .map(move |(mut rx, b)| async move {
+    // Each agent's latency is read from the moment its sink was handed the verified bundle, not
+    // from when this waiting task got to run (it competes for the same cores).
+    let waits = receivers.into_iter().zip(before).zip(sinks.to_vec()).map(
+        move |((mut rx, b), sink)| async move {
             rx.wait_for(|v| *v > b).await.ok();
-            t0.elapsed()
-        });
+            sink.applied_at()
+                .map_or_else(|| t0.elapsed(), |at| at.saturating_duration_since(t0))
+        },
+    );
     let waiting = tokio::spawn(async move {
         let all = futures::future::join_all(waits);
         tokio::time::timeout(Duration::from_secs(120), all).await

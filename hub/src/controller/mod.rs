@@ -56,6 +56,9 @@ pub struct Stores {
     pub helm_repositories: Store<HelmRepository>,
     /// Every `HelmRelease` watched.
     pub helm_releases: Store<HelmRelease>,
+    /// Counts the changes seen by the watches, for readers other than the controller
+    /// (the dashboard's live updates) that want to know *that* something changed.
+    changes: tokio::sync::watch::Sender<u64>,
 }
 
 impl Stores {
@@ -77,13 +80,45 @@ impl Stores {
                 None => Api::all(client.clone()),
             }
         }
+        let changes = tokio::sync::watch::Sender::new(0);
         Self {
-            sources: watch(scoped(client, namespace), trigger.clone(), shutdown.clone()),
-            clusters: watch(Api::all(client.clone()), trigger.clone(), shutdown.clone()),
-            deliveries: watch(scoped(client, namespace), trigger.clone(), shutdown.clone()),
-            helm_repositories: watch(scoped(client, namespace), trigger.clone(), shutdown.clone()),
-            helm_releases: watch(scoped(client, namespace), trigger, shutdown),
+            sources: watch(
+                scoped(client, namespace),
+                trigger.clone(),
+                changes.clone(),
+                shutdown.clone(),
+            ),
+            clusters: watch(
+                Api::all(client.clone()),
+                trigger.clone(),
+                changes.clone(),
+                shutdown.clone(),
+            ),
+            deliveries: watch(
+                scoped(client, namespace),
+                trigger.clone(),
+                changes.clone(),
+                shutdown.clone(),
+            ),
+            helm_repositories: watch(
+                scoped(client, namespace),
+                trigger.clone(),
+                changes.clone(),
+                shutdown.clone(),
+            ),
+            helm_releases: watch(
+                scoped(client, namespace),
+                trigger,
+                changes.clone(),
+                shutdown,
+            ),
+            changes,
         }
+    }
+
+    /// A receiver that sees a new value after every change to any of the caches.
+    pub fn subscribe(&self) -> tokio::sync::watch::Receiver<u64> {
+        self.changes.subscribe()
     }
 
     /// Waits until every cache holds a first full list.
@@ -105,7 +140,12 @@ impl Stores {
     }
 }
 
-fn watch<K>(api: Api<K>, trigger: Arc<Notify>, shutdown: CancellationToken) -> Store<K>
+fn watch<K>(
+    api: Api<K>,
+    trigger: Arc<Notify>,
+    changes: tokio::sync::watch::Sender<u64>,
+    shutdown: CancellationToken,
+) -> Store<K>
 where
     K: kube::Resource + Clone + DeserializeOwned + std::fmt::Debug + Send + Sync + 'static,
     K::DynamicType: Default + Eq + std::hash::Hash + Clone,
@@ -122,7 +162,10 @@ where
             tokio::select! {
                 _ = shutdown.cancelled() => break,
                 item = stream.next() => match item {
-                    Some(Ok(_)) => trigger.notify_one(),
+                    Some(Ok(_)) => {
+                        trigger.notify_one();
+                        changes.send_modify(|n| *n = n.wrapping_add(1));
+                    }
                     Some(Err(e)) => warn!(kind = %K::kind(&Default::default()), error = %e, "watching the management cluster"),
                     None => break,
                 },

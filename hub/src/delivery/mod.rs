@@ -28,7 +28,7 @@ mod registration;
 mod stream;
 
 use std::collections::BTreeMap;
-use std::sync::{Arc, RwLock};
+use std::sync::{Arc, OnceLock, RwLock};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use bytes::Bytes;
@@ -48,6 +48,38 @@ use crate::fleet::{ClusterState, Event, Registry};
 pub use ca::{HubCa, validate_cluster_id};
 pub use flotilla_bundle::DeliveryOptions;
 use stream::AgentConn;
+
+/// A signed bundle as the hub holds it. Its payload is compressed for the wire once, on its
+/// first send to an agent that accepts zstd, however many agents or reconnects it goes to.
+#[derive(Debug)]
+pub(crate) struct Sealed {
+    bundle: Arc<SignedBundle>,
+    zstd: OnceLock<Option<Bytes>>,
+}
+
+impl Sealed {
+    fn new(bundle: SignedBundle) -> Self {
+        Self {
+            bundle: Arc::new(bundle),
+            zstd: OnceLock::new(),
+        }
+    }
+
+    /// The payload as one zstd frame, or `None` when compressing does not make it smaller.
+    pub(crate) fn zstd(&self) -> Option<&Bytes> {
+        self.zstd
+            .get_or_init(|| flotilla_proto::convert::compress_payload(&self.bundle.payload))
+            .as_ref()
+    }
+}
+
+impl std::ops::Deref for Sealed {
+    type Target = SignedBundle;
+
+    fn deref(&self) -> &SignedBundle {
+        &self.bundle
+    }
+}
 
 /// Errors of the delivery server.
 #[derive(Debug, thiserror::Error)]
@@ -231,7 +263,7 @@ struct Inner {
     config: Config,
     server_identity: ca::PemIdentity,
     /// Latest signed bundle per cluster, per delivery.
-    store: DashMap<String, BTreeMap<String, Arc<SignedBundle>>>,
+    store: DashMap<String, BTreeMap<String, Arc<Sealed>>>,
     /// The open stream per cluster.
     agents: DashMap<String, Arc<AgentConn>>,
     acks: DashMap<(String, String), AckRecord>,
@@ -421,7 +453,7 @@ impl Hub {
             sequence,
             expires_at: unix_now() + self.inner.config.bundle_ttl.as_secs(),
         };
-        let bundle = Arc::new(self.keys().seal(meta, payload));
+        let bundle = Arc::new(Sealed::new(self.keys().seal(meta, payload)));
         {
             let mut per_cluster = self.inner.store.entry(cluster.to_owned()).or_default();
             let slot = per_cluster
@@ -442,7 +474,7 @@ impl Hub {
         self.inner
             .store
             .get(cluster)
-            .and_then(|m| m.get(delivery).cloned())
+            .and_then(|m| m.get(delivery).map(|s| s.bundle.clone()))
     }
 
     /// Asks a connected agent to reconcile now (all deliveries when `delivery` is empty).
@@ -603,11 +635,13 @@ impl Hub {
             .accept_compressed(CompressionEncoding::Zstd)
             .accept_compressed(CompressionEncoding::Gzip)
         };
+        // No per-message compression towards agents: bundle payloads are compressed once per
+        // bundle (`PayloadEncoding::Zstd`) for agents that say they accept it, and the rest of
+        // what the hub sends is a few bytes.
         let delivery_svc =
             pb::delivery_server::DeliveryServer::new(stream::Service { hub: self.clone() })
                 .accept_compressed(CompressionEncoding::Zstd)
-                .accept_compressed(CompressionEncoding::Gzip)
-                .send_compressed(CompressionEncoding::Zstd);
+                .accept_compressed(CompressionEncoding::Gzip);
 
         let reg_server = Server::builder()
             .tls_config(reg_tls)

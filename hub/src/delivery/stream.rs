@@ -9,14 +9,16 @@ use std::pin::pin;
 use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
 
-use flotilla_bundle::{SignedBundle, SignedKeySet};
+use flotilla_bundle::SignedKeySet;
 use flotilla_proto::{PROTOCOL_VERSION, check_compatible, convert, pb};
 use tokio::sync::{Notify, mpsc};
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status, Streaming};
 use tracing::{Instrument as _, debug, info, info_span, warn};
 
-use super::{AckOutcome, AckRecord, AgentInfo, Change, Health, Hub, ReportRecord, ca, unix_millis};
+use super::{
+    AckOutcome, AckRecord, AgentInfo, Change, Health, Hub, ReportRecord, Sealed, ca, unix_millis,
+};
 use crate::fleet::ClusterState;
 
 /// The cluster named by the client certificate of an mTLS request.
@@ -33,7 +35,7 @@ pub(super) fn peer_cluster<T>(request: &Request<T>) -> Result<String, Status> {
 #[derive(Debug, Default)]
 struct Pending {
     key_set: Option<SignedKeySet>,
-    bundles: BTreeMap<String, Arc<SignedBundle>>,
+    bundles: BTreeMap<String, Arc<Sealed>>,
     reconcile: Option<String>,
     close: Option<Status>,
 }
@@ -52,7 +54,7 @@ impl AgentConn {
     }
 
     /// Queues a bundle, replacing an unsent older one for the same delivery.
-    pub(super) fn offer_bundle(&self, bundle: Arc<SignedBundle>) {
+    pub(super) fn offer_bundle(&self, bundle: Arc<Sealed>) {
         {
             let mut p = self.lock();
             let delivery = bundle.header.meta.delivery.clone();
@@ -223,6 +225,9 @@ async fn run(
         conn.offer_key_set(key_set);
     }
     let mut sent: HashMap<String, u64> = hello.last_sequence.into_iter().collect();
+    let zstd = hello
+        .accept_payload_encodings
+        .contains(&(pb::PayloadEncoding::Zstd as i32));
     if let Some(bundles) = hub.inner.store.get(&cluster) {
         for bundle in bundles.values() {
             conn.offer_bundle(bundle.clone());
@@ -268,7 +273,7 @@ async fn run(
                 }
             },
             _ = &mut wake => {
-                if let Some(status) = drain(&hub, &cluster, &conn, &mut sent, &tx).await {
+                if let Some(status) = drain(&hub, &cluster, &conn, zstd, &mut sent, &tx).await {
                     break status;
                 }
             }
@@ -305,6 +310,7 @@ async fn drain(
     hub: &Hub,
     cluster: &str,
     conn: &AgentConn,
+    zstd: bool,
     sent: &mut HashMap<String, u64>,
     tx: &mpsc::Sender<Result<pb::HubMessage, Status>>,
 ) -> Option<Option<Status>> {
@@ -324,7 +330,10 @@ async fn drain(
             continue;
         }
         // Woken again while sending: a close must not wait behind a large bundle.
-        for chunk in convert::bundle_to_chunks(&bundle, hub.inner.config.chunk_size) {
+        let encoded = if zstd { bundle.zstd() } else { None };
+        let chunks =
+            convert::bundle_to_chunks_encoded(&bundle, encoded, hub.inner.config.chunk_size);
+        for chunk in chunks {
             if conn.lock().close.is_some() {
                 return Some(conn.lock().close.take());
             }
