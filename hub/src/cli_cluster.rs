@@ -82,17 +82,17 @@ pub enum ReconcileCommand {
     Source {
         /// The source.
         name: String,
-        /// Its namespace.
-        #[arg(short, long, default_value = "default")]
-        namespace: String,
+        /// Its namespace (default: the kubeconfig context's).
+        #[arg(short, long)]
+        namespace: Option<String>,
     },
     /// Render a `Delivery` again and have every targeted agent re-apply it now.
     Delivery {
         /// The delivery.
         name: String,
-        /// Its namespace.
-        #[arg(short, long, default_value = "default")]
-        namespace: String,
+        /// Its namespace (default: the kubeconfig context's).
+        #[arg(short, long)]
+        namespace: Option<String>,
     },
 }
 
@@ -293,6 +293,7 @@ pub async fn reconcile(
     let patch = json!({"metadata": {"annotations": {RECONCILE_ANNOTATION: now}}});
     let (kind, name, namespace, result) = match cmd {
         ReconcileCommand::Source { name, namespace } => {
+            let namespace = namespace.unwrap_or_else(|| client.default_namespace().to_owned());
             let r = Api::<GitSource>::namespaced(client, &namespace)
                 .patch(&name, &PatchParams::default(), &Patch::Merge(&patch))
                 .await
@@ -300,6 +301,7 @@ pub async fn reconcile(
             ("GitSource", name, namespace, r)
         }
         ReconcileCommand::Delivery { name, namespace } => {
+            let namespace = namespace.unwrap_or_else(|| client.default_namespace().to_owned());
             let r = Api::<Delivery>::namespaced(client, &namespace)
                 .patch(&name, &PatchParams::default(), &Patch::Merge(&patch))
                 .await
