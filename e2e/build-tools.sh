@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # Builds the Kubernetes control-plane binaries the e2e harness runs (kube-apiserver,
-# kube-controller-manager, kube-scheduler, etcd, kwok) from the Go module proxy with the machine's `go`, into a
-# cache directory outside the checkout. Idempotent: a tool whose binaries are already in the cache
-# is not rebuilt. Prints the bin directory as its last line.
+# kube-controller-manager, kube-scheduler, etcd, kwok) and `helm` (the hub renders HelmReleases
+# with it) from the Go module proxy with the machine's `go`, into a cache directory outside the
+# checkout. Idempotent: a tool whose binaries are already in the cache is not rebuilt. Prints the
+# bin directory as its last line.
 #
 #   e2e/build-tools.sh            build what is missing, print the bin directory
 #   FLOTILLA_CACHE_DIR=/x ...     use another cache (default: $XDG_CACHE_HOME/flotilla or ~/.cache/flotilla)
@@ -89,7 +90,22 @@ build_kwok() {
     -ldflags "-s -w -X sigs.k8s.io/kwok/pkg/consts.Version=${v#v}" "sigs.k8s.io/kwok/cmd/kwok@$v"
 }
 
+# helm is keyed by its own version: it lives in its own directory and is linked into $bin, so a
+# new HELM_VERSION rebuilds only helm.
+build_helm() {
+  local v=$HELM_VERSION dir="$cache/tools/helm-$HELM_VERSION" log="$logs/helm-$HELM_VERSION.log"
+  if [[ ! -x "$dir/helm" ]]; then
+    : >"$log"
+    echo "build-tools: building helm $v (log: $log)" >&2
+    mkdir -p "$dir"
+    run "$log" env GOBIN="$dir" GOFLAGS= go install -trimpath \
+      -ldflags "-s -w -X helm.sh/helm/v3/internal/version.version=$v" "helm.sh/helm/v3/cmd/helm@$v"
+  fi
+  ln -sfn "$dir/helm" "$bin/helm"
+}
+
 build_etcd
 build_kwok
 build_kubernetes
+build_helm
 echo "$bin"

@@ -242,6 +242,8 @@ impl Fleet {
             "gitsources.flotilla.dev",
             "clusters.flotilla.dev",
             "deliveries.flotilla.dev",
+            "helmrepositories.flotilla.dev",
+            "helmreleases.flotilla.dev",
         ] {
             eventually(
                 &format!("CRD {name} established"),

@@ -23,6 +23,12 @@ pub fn e2e_enabled() -> bool {
     std::env::var("FLOTILLA_E2E").is_ok_and(|v| v == "1" || v == "true")
 }
 
+/// The `helm` binary the harness builds into the tools cache (see `e2e/build-tools.sh`), for
+/// the hub's `--helm-binary` and for packaging test charts.
+pub fn helm_binary() -> anyhow::Result<std::path::PathBuf> {
+    Ok(controlplane::tools_bin()?.join("helm"))
+}
+
 /// Polls `check` every 200 ms until it returns `Some`, or fails after `timeout` naming `what`.
 /// For tests that wait on what a cluster eventually shows, e.g. a Deployment becoming Available.
 pub async fn eventually<T, F, Fut>(

@@ -30,6 +30,11 @@ pub enum Command {
     /// A directory with a kustomization is built by flotilla's native Kustomize engine (same
     /// output as `kubectl kustomize`); any other directory is read as plain YAML. `--var`
     /// values are substituted into `${var}` references after the build.
+    ///
+    /// With `--helm-release FILE`, DIR is a chart (directory or `.tgz`) and the output is what
+    /// the hub would deliver of that `HelmRelease` to the cluster named by `--cluster` (with
+    /// `--label` and `--var` as its labels and variables); `--show-values` prints the values
+    /// that cluster gets instead.
     Render(RenderArgs),
     /// Register, accept, revoke or remove workload clusters.
     #[command(subcommand)]
@@ -68,6 +73,26 @@ pub struct RenderArgs {
     /// A post-build substitution variable, KEY=VALUE (repeatable).
     #[arg(long = "var", value_name = "KEY=VALUE", value_parser = parse_var)]
     pub vars: Vec<(String, String)>,
+    /// A `HelmRelease` manifest: render the chart at DIR for one cluster as the hub would.
+    #[arg(long, value_name = "FILE")]
+    pub helm_release: Option<std::path::PathBuf>,
+    /// The cluster's name (`${cluster_name}`), with `--helm-release`.
+    #[arg(long, default_value = "local", requires = "helm_release")]
+    pub cluster: String,
+    /// A label of the cluster, KEY=VALUE (repeatable; `${cluster_labels_<key>}`), with
+    /// `--helm-release`.
+    #[arg(long = "label", value_name = "KEY=VALUE", value_parser = parse_var, requires = "helm_release")]
+    pub labels: Vec<(String, String)>,
+    /// A values file standing in for the release's `valuesFrom` (repeatable, merged in order
+    /// before `spec.values`), with `--helm-release`.
+    #[arg(long = "values", value_name = "FILE", requires = "helm_release")]
+    pub values_files: Vec<std::path::PathBuf>,
+    /// Print the cluster's values instead of the objects, with `--helm-release`.
+    #[arg(long, requires = "helm_release")]
+    pub show_values: bool,
+    /// The `helm` binary, with `--helm-release`.
+    #[arg(long, env = "FLOTILLA_HELM_BINARY", default_value = "helm")]
+    pub helm_binary: std::path::PathBuf,
 }
 
 fn parse_var(s: &str) -> Result<(String, String), String> {
@@ -78,6 +103,68 @@ fn parse_var(s: &str) -> Result<(String, String), String> {
 }
 
 impl RenderArgs {
+    /// Renders a `HelmRelease` (`--helm-release`) for one cluster and returns the YAML stream
+    /// (or the cluster's values with `--show-values`).
+    pub async fn render_helm(&self, file: &std::path::Path) -> anyhow::Result<String> {
+        use anyhow::Context as _;
+        let text =
+            std::fs::read_to_string(file).with_context(|| format!("reading {}", file.display()))?;
+        let hr: crate::api::HelmRelease = serde_yaml::from_str(&text)
+            .with_context(|| format!("{}: not a HelmRelease", file.display()))?;
+        let mut values = serde_json::Value::Object(Default::default());
+        for f in &self.values_files {
+            let t =
+                std::fs::read_to_string(f).with_context(|| format!("reading {}", f.display()))?;
+            let v: serde_json::Value = serde_yaml::from_str(&t)
+                .with_context(|| format!("{}: invalid YAML", f.display()))?;
+            if !v.is_null() {
+                crate::helm::template::merge_values(&mut values, v);
+            }
+        }
+        if let Some(v) = &hr.spec.values {
+            crate::helm::template::merge_values(&mut values, v.clone());
+        }
+        let labels: std::collections::BTreeMap<String, String> =
+            self.labels.iter().cloned().collect();
+        let cluster_vars = self.vars.iter().cloned().collect();
+        let vars = crate::controller::util::cluster_variables(
+            &self.cluster,
+            &labels,
+            &hr.spec.variables,
+            &cluster_vars,
+        );
+        let values = crate::helm::template::substitute_values(&values, &vars)
+            .context("substituting variables in values")?;
+        if self.show_values {
+            return Ok(serde_yaml::to_string(&values)?);
+        }
+        let name = hr.metadata.name.clone().unwrap_or_default();
+        let namespace = hr
+            .spec
+            .target_namespace
+            .clone()
+            .or(hr.metadata.namespace.clone())
+            .unwrap_or_else(|| "default".into());
+        let objects = crate::helm::template::Template {
+            helm: self.helm_binary.clone(),
+            archive: self.dir.clone(),
+            chart: format!("{} ({})", hr.spec.chart.name, self.dir.display()),
+            release_name: hr.spec.release_name.clone().unwrap_or(name),
+            namespace,
+            kube_version: hr
+                .spec
+                .kube_version
+                .clone()
+                .unwrap_or_else(|| crate::helm::DEFAULT_KUBE_VERSION.into()),
+            values,
+            hooks: crate::helm::template::HookPolicy::parse(hr.spec.hooks.as_deref())?,
+            create_namespace: hr.spec.create_namespace,
+        }
+        .render()
+        .await?;
+        Ok(flotilla_render::to_yaml(&objects))
+    }
+
     /// Renders and returns the YAML stream.
     pub fn render(&self) -> anyhow::Result<String> {
         use anyhow::Context as _;
@@ -127,7 +214,10 @@ impl Args {
                 out.flush()?;
                 return Ok(std::process::ExitCode::from(code));
             }
-            Command::Render(args) => match args.render() {
+            Command::Render(args) => match match &args.helm_release {
+                Some(f) => args.render_helm(f).await,
+                None => args.render(),
+            } {
                 Ok(yaml) => out.write_all(yaml.as_bytes())?,
                 Err(e) => {
                     // A render error is the user's input, not a crash: one line, no backtrace.

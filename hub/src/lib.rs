@@ -14,6 +14,7 @@ pub mod controller;
 pub mod dashboard;
 pub mod delivery;
 pub mod fleet;
+pub mod helm;
 pub mod leader;
 pub mod notify;
 pub mod server;

@@ -98,6 +98,16 @@ pub struct Args {
     )]
     pub cache_dir: PathBuf,
 
+    /// The `helm` binary that renders `HelmRelease` charts (`helm template`) and pulls charts
+    /// from OCI registries.
+    #[arg(long, env = "FLOTILLA_HELM_BINARY", default_value = "helm")]
+    pub helm_binary: PathBuf,
+
+    /// Kubernetes version charts are rendered for (`helm template --kube-version`) unless a
+    /// `HelmRelease` sets `spec.kubeVersion`.
+    #[arg(long, env = "FLOTILLA_HELM_KUBE_VERSION", default_value = crate::helm::DEFAULT_KUBE_VERSION)]
+    pub helm_kube_version: String,
+
     #[command(flatten)]
     pub log: flotilla_telemetry::LogArgs,
 }
@@ -225,6 +235,11 @@ impl Args {
             controller::Config::default(),
         );
         let mut controller = controller;
+        controller.set_helm(crate::helm::HelmConfig {
+            binary: self.helm_binary.clone(),
+            kube_version: self.helm_kube_version.clone(),
+            cache: self.cache_dir.join("charts"),
+        });
         if let Some(path) = &self.notifications {
             let config = crate::notify::NotifyConfig::load(path)?;
             controller.set_notifier(crate::notify::Notifier::new(config));

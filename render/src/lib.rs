@@ -26,6 +26,7 @@ mod yaml;
 
 use std::collections::BTreeMap;
 
+pub use kustomize::fieldspec::is_cluster_scoped_kind;
 pub use tree::{DirEntry, EntryKind, FsTree, RelPath, Tree, TreeError};
 
 /// Post-build substitution variables (`${name}` → value).

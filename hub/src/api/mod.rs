@@ -5,6 +5,8 @@
 //!   (post-build substitution), whether it is accepted, and what its agent runs.
 //! - [`Delivery`]: what to deliver where: a path in a source, the clusters it targets, how to
 //!   apply it, in what order, and how fast to roll it out.
+//! - [`HelmRepository`], [`HelmRelease`]: a Helm chart, rendered per cluster on the hub with
+//!   `helm template` and delivered like a `Delivery`.
 //!
 //! The CRD manifests in `charts/flotilla-hub/crds/` are generated from these types by
 //! `flotilla crds` (a test keeps them in sync). Status uses Kubernetes conditions (`Ready`,
@@ -70,7 +72,13 @@ pub mod reason {
 pub fn crds()
 -> Vec<k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition>
 {
-    vec![GitSource::crd(), Cluster::crd(), Delivery::crd()]
+    vec![
+        GitSource::crd(),
+        Cluster::crd(),
+        Delivery::crd(),
+        HelmRepository::crd(),
+        HelmRelease::crd(),
+    ]
 }
 
 /// The CRDs as one YAML stream with a header, as committed in `charts/flotilla-hub/crds/`.

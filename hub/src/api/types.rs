@@ -475,3 +475,221 @@ pub struct DeliveryClusterStatus {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub partition: Option<String>,
 }
+
+// ---------------------------------------------------------------------------------------------
+// HelmRepository
+// ---------------------------------------------------------------------------------------------
+
+/// A Helm chart repository: an HTTP(S) repository with an `index.yaml`, or an OCI registry
+/// (`oci://`). The hub reads the index at each interval; charts are downloaded when a
+/// `HelmRelease` needs them and cached by digest.
+#[derive(CustomResource, Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema)]
+#[kube(
+    group = "flotilla.dev",
+    version = "v1alpha1",
+    kind = "HelmRepository",
+    namespaced,
+    status = "HelmRepositoryStatus",
+    shortname = "hrepo",
+    category = "flotilla",
+    printcolumn = r#"{"name":"URL","type":"string","jsonPath":".spec.url"}"#,
+    printcolumn = r#"{"name":"Charts","type":"integer","jsonPath":".status.charts"}"#,
+    printcolumn = r#"{"name":"Ready","type":"string","jsonPath":".status.conditions[?(@.type==\"Ready\")].status"}"#,
+    printcolumn = r#"{"name":"Status","type":"string","jsonPath":".status.conditions[?(@.type==\"Ready\")].message","priority":1}"#,
+    printcolumn = r#"{"name":"Age","type":"date","jsonPath":".metadata.creationTimestamp"}"#
+)]
+#[serde(rename_all = "camelCase")]
+pub struct HelmRepositorySpec {
+    /// `https://` or `http://` URL of a repository holding `index.yaml`, or `oci://` of a
+    /// registry namespace (charts are then `<url>/<chart>`).
+    pub url: String,
+    /// Time between reads of the index, e.g. `5m` (default `10m`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub interval: Option<String>,
+    /// A Secret in the same namespace with credentials: `username` + `password` (basic auth),
+    /// or `bearerToken`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub secret_ref: Option<LocalObjectReference>,
+    /// A Secret in the same namespace whose `ca.crt` is the CA that signs the repository's
+    /// certificate (added to the system roots).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cert_secret_ref: Option<LocalObjectReference>,
+    /// Stop reading the index (the last one read stays in use).
+    #[serde(default)]
+    pub suspend: bool,
+}
+
+/// What the hub last read from a chart repository.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct HelmRepositoryStatus {
+    /// `Ready` (the last read succeeded), `Stalled` (it cannot work as configured).
+    #[serde(default)]
+    pub conditions: Vec<Condition>,
+    /// The generation last acted on.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub observed_generation: Option<i64>,
+    /// Number of charts in the index (HTTP repositories).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub charts: Option<u32>,
+    /// sha256 of the index last read.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub index_digest: Option<String>,
+    /// When the index was last read (RFC 3339).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub fetched_at: Option<String>,
+}
+
+// ---------------------------------------------------------------------------------------------
+// HelmRelease
+// ---------------------------------------------------------------------------------------------
+
+/// A Helm chart from a `HelmRepository`, rendered on the hub with `helm template` for each
+/// selected cluster (with that cluster's values) and delivered as a signed bundle like a
+/// `Delivery`: agents need no Helm.
+#[derive(CustomResource, Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema)]
+#[kube(
+    group = "flotilla.dev",
+    version = "v1alpha1",
+    kind = "HelmRelease",
+    namespaced,
+    status = "HelmReleaseStatus",
+    shortname = "hr",
+    category = "flotilla",
+    printcolumn = r#"{"name":"Chart","type":"string","jsonPath":".spec.chart.name"}"#,
+    printcolumn = r#"{"name":"Version","type":"string","jsonPath":".status.chartVersion"}"#,
+    printcolumn = r#"{"name":"Clusters","type":"string","jsonPath":".status.summary"}"#,
+    printcolumn = r#"{"name":"Ready","type":"string","jsonPath":".status.conditions[?(@.type==\"Ready\")].status"}"#,
+    printcolumn = r#"{"name":"Reason","type":"string","jsonPath":".status.conditions[?(@.type==\"Ready\")].reason"}"#,
+    printcolumn = r#"{"name":"Suspended","type":"boolean","jsonPath":".spec.suspend","priority":1}"#,
+    printcolumn = r#"{"name":"Message","type":"string","jsonPath":".status.conditions[?(@.type==\"Ready\")].message","priority":1}"#,
+    printcolumn = r#"{"name":"Age","type":"date","jsonPath":".metadata.creationTimestamp"}"#
+)]
+#[serde(rename_all = "camelCase")]
+pub struct HelmReleaseSpec {
+    /// Which chart, in which versions, from where.
+    pub chart: HelmChartSpec,
+    /// The Helm release name (`.Release.Name`); default: the HelmRelease's name.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub release_name: Option<String>,
+    /// Namespace of the release (`.Release.Namespace`, and of namespaced objects the chart
+    /// leaves without one); default: the HelmRelease's namespace.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub target_namespace: Option<String>,
+    /// Also deliver the target namespace itself.
+    #[serde(default)]
+    pub create_namespace: bool,
+    /// Which clusters receive it. An empty selector (`{}`) selects every cluster.
+    pub cluster_selector: LabelSelector,
+    /// Values, after those of `valuesFrom`. Strings may use `${cluster_name}`,
+    /// `${cluster_labels_<key>}` and the cluster's variables, substituted per cluster.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(schema_with = "any_object")]
+    pub values: Option<serde_json::Value>,
+    /// ConfigMaps and Secrets (same namespace) whose keys hold values YAML, merged in order
+    /// before `values`.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub values_from: Vec<ValuesReference>,
+    /// Extra substitution variables for `values`; a cluster's own variables win.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub variables: BTreeMap<String, String>,
+    /// Kubernetes version the chart is rendered for (`.Capabilities.KubeVersion`); default:
+    /// the hub's `--helm-kube-version`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub kube_version: Option<String>,
+    /// Helm hooks (`helm.sh/hook`) other than tests: `Refuse` (default: the build fails,
+    /// naming the hook), `Skip` (left out) or `Apply` (applied as ordinary objects, `pre-*`
+    /// hooks first). Test hooks are always left out.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub hooks: Option<String>,
+    /// Delete objects that left the chart (default true).
+    #[serde(default = "default_true")]
+    pub prune: bool,
+    /// Time between re-renders without a change (default `10m`); also how often `valuesFrom`
+    /// is read again.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub interval: Option<String>,
+    /// Time before retrying a failed render (default `30s`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub retry_interval: Option<String>,
+    /// How long applied objects have to become ready before `HealthCheckFailed` (default `5m`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub timeout: Option<String>,
+    /// HelmReleases (same namespace) that must be ready on a cluster before this one is sent.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub depends_on: Vec<LocalObjectReference>,
+    /// Hold back new chart versions and values (what clusters run stays).
+    #[serde(default)]
+    pub suspend: bool,
+}
+
+fn any_object(_: &mut schemars::SchemaGenerator) -> schemars::Schema {
+    schemars::json_schema!({
+        "type": "object",
+        "x-kubernetes-preserve-unknown-fields": true
+    })
+}
+
+/// The chart of a release.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct HelmChartSpec {
+    /// The chart's name in the repository.
+    pub name: String,
+    /// A semantic version range, e.g. `>=1.0.0 <2.0.0`, `^1.2` or `1.2.3` (default `*`: the
+    /// highest stable version).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub version: Option<String>,
+    /// The `HelmRepository` (same namespace).
+    pub source_ref: LocalObjectReference,
+}
+
+/// Values from a key of a ConfigMap or Secret.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct ValuesReference {
+    /// `ConfigMap` or `Secret`.
+    pub kind: String,
+    /// Its name (same namespace).
+    pub name: String,
+    /// The key holding values YAML (default `values.yaml`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub values_key: Option<String>,
+    /// Do not fail when the object or key is missing.
+    #[serde(default)]
+    pub optional: bool,
+}
+
+/// How a release stands, per cluster and overall.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct HelmReleaseStatus {
+    /// `Ready`: every targeted cluster runs the newest chart version and values, healthy and
+    /// without drift. `BuildFailed` names the chart, template and line.
+    #[serde(default)]
+    pub conditions: Vec<Condition>,
+    /// The generation last acted on.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub observed_generation: Option<i64>,
+    /// The chart version the range resolves to now.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub chart_version: Option<String>,
+    /// sha256 of that chart archive.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub chart_digest: Option<String>,
+    /// `<chart>@<version>@sha256:<digest>`: what is being delivered.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub revision: Option<String>,
+    /// `<chart>@<version>`, for tables.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub short_revision: Option<String>,
+    /// `<ready>/<targeted>` clusters.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub summary: Option<String>,
+    /// The last reconcile request handled (value of the reconcile annotation).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_handled_reconcile_at: Option<String>,
+    /// Each targeted cluster; its `revision` is the chart version and digest sent there.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub clusters: Vec<DeliveryClusterStatus>,
+}

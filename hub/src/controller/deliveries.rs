@@ -11,20 +11,114 @@ use sha2::{Digest as _, Sha256};
 use tracing::{info, warn};
 
 use super::Config;
+use super::helm::{BuildResult, HelmBuild, NotBuilt};
 use super::sources::{self, Sources};
 use super::util::{
     cluster_variables, condition, duration_or, expand_path, max_unavailable, parse_rfc3339,
     rfc3339, selector_matches, short_revision, validate_selector,
 };
 use crate::api::{
-    Cluster, ClusterDeliveryStatus, ClusterStatus, Delivery, DeliveryClusterStatus, DeliveryStatus,
-    RECONCILE_ANNOTATION, reason,
+    Cluster, ClusterDeliveryStatus, ClusterStatus, Delivery, DeliveryClusterStatus, DeliverySpec,
+    DeliveryStatus, HelmRelease, HelmReleaseStatus, RECONCILE_ANNOTATION, reason,
 };
 use crate::delivery::{AckOutcome, Hub};
 use crate::fleet::{ClusterState, KubeRegistry, Registry as _, cluster_state};
 use crate::source::Snapshot;
 
 type DeliveryKey = String;
+
+/// What a delivery renders from: a Git revision, or a Helm chart with its values.
+#[derive(Debug, Clone)]
+enum Origin {
+    Git(Snapshot),
+    Helm(Arc<HelmBuild>),
+}
+
+impl Origin {
+    /// The revision clusters are said to run: `<ref>@sha1:<commit>` or
+    /// `<chart>@<version>@sha256:<digest>`.
+    fn revision(&self) -> String {
+        match self {
+            Origin::Git(s) => s.revision(),
+            Origin::Helm(b) => b.revision(),
+        }
+    }
+
+    /// Changes whenever a render could differ.
+    fn fingerprint(&self) -> String {
+        match self {
+            Origin::Git(s) => s.revision(),
+            Origin::Helm(b) => b.fingerprint(),
+        }
+    }
+}
+
+/// Which kind of resource is being reconciled.
+#[derive(Debug, Clone, Copy)]
+enum Kind<'a> {
+    Delivery,
+    Helm(&'a BuildResult),
+}
+
+impl Kind<'_> {
+    fn key(&self, namespace: &str, name: &str) -> DeliveryKey {
+        match self {
+            Kind::Delivery => key(namespace, name),
+            Kind::Helm(_) => format!("HelmRelease {namespace}/{name}"),
+        }
+    }
+}
+
+/// A `HelmRelease` seen as the `Delivery` it behaves like (same targeting, timing, dependsOn
+/// and suspend; always forced, drift corrected), so both share one reconcile path.
+fn helm_as_delivery(hr: &HelmRelease) -> Delivery {
+    let s = &hr.spec;
+    let mut d = Delivery::new(
+        &hr.name_any(),
+        DeliverySpec {
+            source_ref: s.chart.source_ref.clone(),
+            path: "./".into(),
+            cluster_selector: s.cluster_selector.clone(),
+            variables: s.variables.clone(),
+            prune: s.prune,
+            allow_empty: false,
+            interval: s.interval.clone(),
+            retry_interval: s.retry_interval.clone(),
+            timeout: s.timeout.clone(),
+            depends_on: s.depends_on.clone(),
+            suspend: s.suspend,
+            drift: None,
+            conflicts: None,
+            rollout: None,
+        },
+    );
+    d.metadata = hr.metadata.clone();
+    d.status = hr
+        .status
+        .as_ref()
+        .and_then(|st| serde_json::to_value(st).ok())
+        .and_then(|v| serde_json::from_value(v).ok());
+    d
+}
+
+fn helm_status(hr: &HelmRelease, build: &BuildResult, status: DeliveryStatus) -> HelmReleaseStatus {
+    let mut out: HelmReleaseStatus = serde_json::to_value(&status)
+        .ok()
+        .and_then(|v| serde_json::from_value(v).ok())
+        .unwrap_or_default();
+    match build {
+        Ok(b) => {
+            out.chart_version = Some(b.archive.version.clone());
+            out.chart_digest = Some(format!("sha256:{}", b.archive.digest));
+        }
+        Err(_) => {
+            let prev = hr.status.clone().unwrap_or_default();
+            out.chart_version = prev.chart_version;
+            out.chart_digest = prev.chart_digest;
+        }
+    }
+    out
+}
 
 /// A render waiting to be published.
 #[derive(Debug, Clone)]
@@ -80,6 +174,8 @@ pub struct Outcome {
     pub deliveries: Vec<(Arc<Delivery>, DeliveryStatus)>,
     /// Each cluster and the status it should show.
     pub clusters: Vec<(Arc<Cluster>, ClusterStatus)>,
+    /// Each Helm release and the status it should show.
+    pub helm_releases: Vec<(Arc<HelmRelease>, HelmReleaseStatus)>,
 }
 
 /// Per-(delivery, cluster) state of the controller.
@@ -294,6 +390,8 @@ impl Deliveries {
     pub async fn reconcile(
         &mut self,
         deliveries: &[Arc<Delivery>],
+        helm_releases: &[Arc<HelmRelease>],
+        builds: &HashMap<String, BuildResult>,
         clusters: &[Arc<Cluster>],
         sources: &Sources,
     ) -> Outcome {
@@ -314,6 +412,7 @@ impl Deliveries {
             let status = self
                 .reconcile_one(
                     d,
+                    Kind::Delivery,
                     &clusters_sorted,
                     sources,
                     &mut per_cluster,
@@ -323,6 +422,30 @@ impl Deliveries {
                 )
                 .await;
             outcome.deliveries.push((d.clone(), status));
+        }
+        let mut releases: Vec<&Arc<HelmRelease>> = helm_releases.iter().collect();
+        releases.sort_by_key(|r| key(&r.namespace().unwrap_or_default(), &r.name_any()));
+        let waiting = Err(NotBuilt::Waiting("not looked at yet".into()));
+        for hr in releases {
+            let build = builds
+                .get(&key(&hr.namespace().unwrap_or_default(), &hr.name_any()))
+                .unwrap_or(&waiting);
+            let d = Arc::new(helm_as_delivery(hr));
+            let status = self
+                .reconcile_one(
+                    &d,
+                    Kind::Helm(build),
+                    &clusters_sorted,
+                    sources,
+                    &mut per_cluster,
+                    &mut ready,
+                    &mut live,
+                    &mut wire_names,
+                )
+                .await;
+            outcome
+                .helm_releases
+                .push((hr.clone(), helm_status(hr, build, status)));
         }
         self.ready = ready;
         self.slots.retain(|k, _| live.contains(k));
@@ -339,6 +462,7 @@ impl Deliveries {
     async fn reconcile_one(
         &mut self,
         d: &Arc<Delivery>,
+        kind: Kind<'_>,
         clusters: &[&Arc<Cluster>],
         sources: &Sources,
         per_cluster: &mut HashMap<String, Vec<ClusterDeliveryStatus>>,
@@ -348,7 +472,7 @@ impl Deliveries {
     ) -> DeliveryStatus {
         let ns = d.namespace().unwrap_or_default();
         let name = d.name_any();
-        let dkey = key(&ns, &name);
+        let dkey = kind.key(&ns, &name);
         let generation = d.metadata.generation;
         let previous = d.status.clone().unwrap_or_default();
         let prev = previous.conditions.clone();
@@ -413,7 +537,29 @@ impl Deliveries {
                 }
             };
         let source_key = sources::key(&ns, &d.spec.source_ref.name);
-        let snapshot = sources.snapshot(&source_key);
+        // What to render from; a reason it cannot be had that clusters should show; why there
+        // is nothing yet.
+        let (snapshot, origin_failure, missing) = match kind {
+            Kind::Delivery => {
+                let missing = if sources.urls().iter().any(|(k, _)| *k == source_key) {
+                    format!("GitSource {source_key} has no revision yet")
+                } else {
+                    format!("GitSource {source_key} does not exist or cannot start")
+                };
+                (
+                    sources.snapshot(&source_key).map(Origin::Git),
+                    None,
+                    missing,
+                )
+            }
+            Kind::Helm(Ok(b)) => (Some(Origin::Helm(b.clone())), None, String::new()),
+            Kind::Helm(Err(NotBuilt::Invalid(e))) => {
+                stalled(e.clone(), &mut status);
+                return status;
+            }
+            Kind::Helm(Err(NotBuilt::Failed(e))) => (None, Some(e.clone()), e.clone()),
+            Kind::Helm(Err(NotBuilt::Waiting(e))) => (None, None, e.clone()),
+        };
         if let Some(s) = &snapshot {
             status.revision = Some(s.revision());
             status.short_revision = Some(short_revision(&s.revision()));
@@ -472,15 +618,21 @@ impl Deliveries {
                 continue;
             }
             wire_names.insert((cname.clone(), name.clone()), dkey.clone());
-            let Some(snapshot) = &snapshot else { continue };
             if d.spec.suspend {
                 continue;
             }
             let slot = self.slots.get_mut(&slot_key).expect("seeded above");
+            if let Some(e) = &origin_failure {
+                slot.build_error = Some(e.clone());
+                slot.candidate = None;
+                slot.input = None;
+                continue;
+            }
+            let Some(snapshot) = &snapshot else { continue };
             let (path, vars) = render_input(d, c);
             let input = {
                 let mut h = std::collections::hash_map::DefaultHasher::new();
-                snapshot.revision().hash(&mut h);
+                snapshot.fingerprint().hash(&mut h);
                 format!("{path:?}").hash(&mut h);
                 vars.hash(&mut h);
                 options.to_string().hash(&mut h);
@@ -505,14 +657,20 @@ impl Deliveries {
                     continue;
                 }
             };
-            match render(
-                snapshot.clone(),
-                path.clone(),
-                vars,
-                self.render_options.clone(),
-            )
-            .await
-            {
+            let rendered = match snapshot {
+                Origin::Git(s) => {
+                    render(s.clone(), path.clone(), vars, self.render_options.clone()).await
+                }
+                Origin::Helm(b) => b.render(&vars).await,
+            };
+            match rendered {
+                Ok(objects) if objects.is_empty() && matches!(snapshot, Origin::Helm(_)) => {
+                    slot.build_error = Some(format!(
+                        "chart {} renders no objects for this cluster; nothing was sent",
+                        short_revision(&snapshot.revision())
+                    ));
+                    slot.candidate = None;
+                }
                 Ok(objects) if objects.is_empty() && !d.spec.allow_empty => {
                     slot.build_error = Some(format!(
                         "{path} renders no objects at {}; nothing was sent (set spec.allowEmpty \
@@ -532,8 +690,13 @@ impl Deliveries {
                 }
                 Err(e) => {
                     warn!(delivery = %dkey, cluster = %cname, error = %e, "render failed");
-                    slot.build_error =
-                        Some(format!("{e} (at {})", short_revision(&snapshot.revision())));
+                    slot.build_error = Some(match snapshot {
+                        Origin::Git(_) => {
+                            format!("{e} (at {})", short_revision(&snapshot.revision()))
+                        }
+                        // A Helm error already names the chart and version.
+                        Origin::Helm(_) => e,
+                    });
                     slot.candidate = None;
                 }
             }
@@ -596,7 +759,11 @@ impl Deliveries {
                 .spec
                 .depends_on
                 .iter()
-                .filter(|dep| !self.ready.contains(&(key(&ns, &dep.name), cname.clone())))
+                .filter(|dep| {
+                    !self
+                        .ready
+                        .contains(&(kind.key(&ns, &dep.name), cname.clone()))
+                })
                 .map(|dep| dep.name.clone())
                 .collect();
             if !waiting.is_empty() {
@@ -661,7 +828,7 @@ impl Deliveries {
                     delivery: dkey.clone(),
                     revision: snapshot
                         .as_ref()
-                        .map(Snapshot::revision)
+                        .map(Origin::revision)
                         .or_else(|| published.map(|p| p.effective_revision.clone()))
                         .unwrap_or_default(),
                     ready: view.ready,
@@ -696,7 +863,7 @@ impl Deliveries {
                 .push(ClusterDeliveryStatus {
                     name: name.clone(),
                     revision: applied,
-                    desired_revision: snapshot.as_ref().map(Snapshot::revision),
+                    desired_revision: snapshot.as_ref().map(Origin::revision),
                     sequence: published.map(|p| p.sequence).unwrap_or(0),
                     ready: view.ready,
                     health: view.health,
@@ -709,7 +876,7 @@ impl Deliveries {
         let total = targets.len();
         status.summary = Some(format!("{n_ready}/{total}"));
         status.conditions =
-            self.delivery_conditions(d, &prev, &entries, snapshot.is_some(), sources, &source_key);
+            self.delivery_conditions(d, &prev, &entries, snapshot.is_some(), missing);
         status.clusters = entries;
         status
     }
@@ -720,16 +887,13 @@ impl Deliveries {
         prev: &[crate::api::Condition],
         entries: &[DeliveryClusterStatus],
         has_snapshot: bool,
-        sources: &Sources,
-        source_key: &str,
+        why: String,
     ) -> Vec<crate::api::Condition> {
         let generation = d.metadata.generation;
-        if !has_snapshot && entries.iter().all(|e| e.sequence == 0) {
-            let why = if sources.urls().iter().any(|(k, _)| k == source_key) {
-                format!("GitSource {source_key} has no revision yet")
-            } else {
-                format!("GitSource {source_key} does not exist or cannot start")
-            };
+        if !has_snapshot
+            && entries.iter().all(|e| e.sequence == 0)
+            && entries.iter().all(|e| e.reason != reason::BUILD_FAILED)
+        {
             return vec![condition(
                 prev,
                 "Ready",
@@ -817,13 +981,13 @@ impl Deliveries {
         dkey: &str,
         targets: &[&Arc<Cluster>],
         views: &HashMap<String, View>,
-        snapshot: Option<&Snapshot>,
+        snapshot: Option<&Origin>,
     ) -> HashMap<String, Option<(&'static str, String)>> {
         let mut out = HashMap::new();
         let Some(rollout) = &d.spec.rollout else {
             return out;
         };
-        let desired = snapshot.map(Snapshot::revision).unwrap_or_default();
+        let desired = snapshot.map(Origin::revision).unwrap_or_default();
         let partition_of = |c: &Cluster| {
             rollout
                 .partitions

@@ -16,6 +16,7 @@
 //! not sent again what they already hold.
 
 pub mod deliveries;
+mod helm;
 mod observed;
 mod sources;
 pub mod util;
@@ -33,12 +34,13 @@ use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
-use crate::api::{Cluster, Delivery, GitSource};
+use crate::api::{Cluster, Delivery, GitSource, HelmRelease, HelmRepository};
 use crate::delivery::Hub;
 use crate::fleet::KubeRegistry;
 use crate::source::GitCache;
 
 pub use deliveries::Deliveries;
+pub use helm::{BuildResult, Charts, HelmBuild, NotBuilt};
 pub use sources::Sources;
 
 /// The reflector caches of the hub's resources.
@@ -50,7 +52,11 @@ pub struct Stores {
     pub clusters: Store<Cluster>,
     /// Every `Delivery` watched.
     pub deliveries: Store<Delivery>,
-    /// Counts the changes seen by the three watches, for readers other than the controller
+    /// Every `HelmRepository` watched.
+    pub helm_repositories: Store<HelmRepository>,
+    /// Every `HelmRelease` watched.
+    pub helm_releases: Store<HelmRelease>,
+    /// Counts the changes seen by the watches, for readers other than the controller
     /// (the dashboard's live updates) that want to know *that* something changed.
     changes: tokio::sync::watch::Sender<u64>,
 }
@@ -90,6 +96,18 @@ impl Stores {
             ),
             deliveries: watch(
                 scoped(client, namespace),
+                trigger.clone(),
+                changes.clone(),
+                shutdown.clone(),
+            ),
+            helm_repositories: watch(
+                scoped(client, namespace),
+                trigger.clone(),
+                changes.clone(),
+                shutdown.clone(),
+            ),
+            helm_releases: watch(
+                scoped(client, namespace),
                 trigger,
                 changes.clone(),
                 shutdown,
@@ -98,7 +116,7 @@ impl Stores {
         }
     }
 
-    /// A receiver that sees a new value after every change to any of the three caches.
+    /// A receiver that sees a new value after every change to any of the caches.
     pub fn subscribe(&self) -> tokio::sync::watch::Receiver<u64> {
         self.changes.subscribe()
     }
@@ -108,6 +126,17 @@ impl Stores {
         let _ = self.sources.wait_until_ready().await;
         let _ = self.clusters.wait_until_ready().await;
         let _ = self.deliveries.wait_until_ready().await;
+        // CRDs of an older install may lack the Helm kinds: do not wait forever for them.
+        let helm = async {
+            let _ = self.helm_repositories.wait_until_ready().await;
+            let _ = self.helm_releases.wait_until_ready().await;
+        };
+        if tokio::time::timeout(Duration::from_secs(10), helm)
+            .await
+            .is_err()
+        {
+            warn!("HelmRepository/HelmRelease not listed within 10s: are the CRDs installed?");
+        }
     }
 }
 
@@ -174,6 +203,7 @@ pub struct Controller {
     registry: Arc<KubeRegistry>,
     sources: Sources,
     deliveries: Deliveries,
+    charts: Charts,
     trigger: Arc<Notify>,
     config: Config,
     pushes: (
@@ -193,7 +223,9 @@ impl std::fmt::Debug for Controller {
 
 impl Controller {
     /// A controller over `stores` (already started with the same `trigger`), publishing through
-    /// `hub` and fetching into `cache`.
+    /// `hub` and fetching into `cache`. Charts are rendered with `helm`'s defaults
+    /// ([`crate::helm::HelmConfig::new`] under a temporary directory) until
+    /// [`Controller::set_helm`].
     pub fn new(
         client: Client,
         stores: Stores,
@@ -206,6 +238,11 @@ impl Controller {
         Self {
             sources: Sources::new(client.clone(), cache, trigger.clone()),
             deliveries: Deliveries::new(hub, config.clone()),
+            charts: Charts::new(
+                client.clone(),
+                crate::helm::HelmConfig::new(&std::env::temp_dir().join("flotilla-hub")),
+                trigger.clone(),
+            ),
             client,
             stores,
             registry,
@@ -213,6 +250,11 @@ impl Controller {
             config,
             pushes: tokio::sync::mpsc::unbounded_channel(),
         }
+    }
+
+    /// How charts are fetched and rendered.
+    pub fn set_helm(&mut self, config: crate::helm::HelmConfig) {
+        self.charts = Charts::new(self.client.clone(), config, self.trigger.clone());
     }
 
     /// Sends failure and recovery notifications of each (cluster, delivery) through `notifier`.
@@ -297,11 +339,21 @@ impl Controller {
             write_status(&self.client, gs.as_ref(), &gs.status, &status).await;
         }
 
+        let repositories = self.stores.helm_repositories.state();
+        let releases = self.stores.helm_releases.state();
+        for (r, status) in self.charts.sync(&repositories) {
+            write_status(&self.client, r.as_ref(), &r.status, &status).await;
+        }
+        let builds = self.charts.builds(&releases).await;
+
         self.deliveries.revoke_gone(&clusters, &self.registry).await;
         let outcome = self
             .deliveries
-            .reconcile(&deliveries, &clusters, &self.sources)
+            .reconcile(&deliveries, &releases, &builds, &clusters, &self.sources)
             .await;
+        for (r, status) in outcome.helm_releases {
+            write_status(&self.client, r.as_ref(), &r.status, &status).await;
+        }
         for (d, status) in outcome.deliveries {
             write_status(&self.client, d.as_ref(), &d.status, &status).await;
         }

@@ -204,8 +204,12 @@ pub fn condition(
     }
 }
 
-/// The first 12 hexadecimal digits of the commit in `<ref>@sha1:<commit>`.
+/// The first 12 hexadecimal digits of the commit in `<ref>@sha1:<commit>`; `<chart>@<version>`
+/// of a chart revision `<chart>@<version>@sha256:<digest>`.
 pub fn short_revision(revision: &str) -> String {
+    if let Some((chart, _)) = revision.split_once("@sha256:") {
+        return chart.to_owned();
+    }
     let commit = revision.rsplit(':').next().unwrap_or(revision);
     commit.chars().take(12).collect()
 }

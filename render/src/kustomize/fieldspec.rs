@@ -168,7 +168,7 @@ pub(crate) fn is_cluster_scoped(gvk: &Gvk) -> bool {
 }
 
 /// [`is_cluster_scoped`] by kind alone (the group does not matter).
-pub(crate) fn is_cluster_scoped_kind(kind: &str) -> bool {
+pub fn is_cluster_scoped_kind(kind: &str) -> bool {
     matches!(
         kind,
         "Namespace"

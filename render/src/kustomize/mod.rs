@@ -6,7 +6,7 @@
 //! annotations, JSON 6902 patches, replicas, images). Once, at the top: content-hash suffixes
 //! on generated names, name-reference fix-ups, the output order.
 
-mod fieldspec;
+pub(crate) mod fieldspec;
 mod generators;
 mod nameref;
 mod order;
