@@ -34,7 +34,23 @@ browser_deps() {
   (cd e2e/browser && npm ci --no-audit --no-fund --loglevel=error)
 }
 
+# The Helm charts (charts/*), linted with the helm that e2e/build-tools.sh builds; the agent chart
+# also with the values it refuses to render without, in both RBAC modes.
+helm_lint() {
+  local helm
+  helm="$(e2e/build-tools.sh | tail -n1)/helm"
+  [[ -x $helm ]] || { echo "error: $helm is missing: e2e/build-tools.sh should have built it" >&2; return 1; }
+  "$helm" lint --strict charts/flotilla-hub
+  "$helm" lint --strict charts/flotilla-hub --set hub.watchNamespace=apps,ingress.enabled=true,serviceMonitor.enabled=true
+  local mode
+  for mode in cluster namespaced; do
+    "$helm" lint --strict charts/flotilla-agent \
+      --set hub.url=https://hub.example.com:7443,hub.caCert=x,bootstrapToken.value=t,rbac.mode=$mode
+  done
+}
+
 stage "build control-plane tools" e2e/build-tools.sh
+stage "helm lint charts/*" helm_lint
 stage "browser test dependencies" browser_deps
 stage "cargo fmt --check" cargo fmt --all -- --check
 stage "cargo clippy" cargo clippy --workspace --all-targets --quiet -- -D warnings
