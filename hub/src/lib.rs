@@ -16,6 +16,7 @@ pub mod delivery;
 pub mod fleet;
 pub mod helm;
 pub mod leader;
+pub mod metrics;
 pub mod notify;
 pub mod server;
 pub mod source;

@@ -63,7 +63,7 @@ pub struct Args {
     pub server_names: Vec<String>,
 
     /// Address of the HTTP listener: the dashboard (`/`) and its JSON API (`/api/v1/…`),
-    /// `/healthz`, `/readyz` and the Git webhook receiver.
+    /// `/healthz`, `/readyz`, Prometheus metrics (`/metrics`) and the Git webhook receiver.
     #[arg(long, env = "FLOTILLA_HTTP_LISTEN", default_value = "0.0.0.0:8080")]
     pub http_listen: SocketAddr,
 
@@ -225,6 +225,7 @@ impl Args {
         let cache = Arc::new(GitCache::new(&self.cache_dir)?);
         let dashboard =
             crate::dashboard::Dashboard::new(stores.clone(), hub.clone(), shutdown.clone());
+        let metrics = crate::metrics::router(hub.clone());
         let controller = Controller::new(
             client,
             stores,
@@ -262,7 +263,8 @@ impl Args {
             .route("/healthz", axum::routing::get(|| async { "ok\n" }))
             .route("/readyz", axum::routing::get(|| async { "ok\n" }))
             .merge(crate::webhook::router(webhooks, on_push))
-            .merge(dashboard.router());
+            .merge(dashboard.router())
+            .merge(metrics);
         let http_task = {
             let stop = shutdown.clone();
             tokio::spawn(async move {

@@ -657,12 +657,16 @@ impl Deliveries {
                     continue;
                 }
             };
+            let render_started = Instant::now();
             let rendered = match snapshot {
                 Origin::Git(s) => {
                     render(s.clone(), path.clone(), vars, self.render_options.clone()).await
                 }
                 Origin::Helm(b) => b.render(&vars).await,
             };
+            self.hub
+                .metrics()
+                .observe_render(&dkey, render_started.elapsed());
             match rendered {
                 Ok(objects) if objects.is_empty() && matches!(snapshot, Origin::Helm(_)) => {
                     slot.build_error = Some(format!(

@@ -333,24 +333,31 @@ impl Controller {
         let clusters = self.stores.clusters.state();
         let deliveries = self.stores.deliveries.state();
 
+        let metrics = self.deliveries.hub().metrics().clone();
+        let started = std::time::Instant::now();
         self.sources.sync(&sources).await;
         for gs in &sources {
             let status = self.sources.status(gs);
             write_status(&self.client, gs.as_ref(), &gs.status, &status).await;
         }
+        metrics.observe_reconcile("sources", started.elapsed());
 
+        let started = std::time::Instant::now();
         let repositories = self.stores.helm_repositories.state();
         let releases = self.stores.helm_releases.state();
         for (r, status) in self.charts.sync(&repositories) {
             write_status(&self.client, r.as_ref(), &r.status, &status).await;
         }
         let builds = self.charts.builds(&releases).await;
+        metrics.observe_reconcile("helm", started.elapsed());
 
+        let started = std::time::Instant::now();
         self.deliveries.revoke_gone(&clusters, &self.registry).await;
         let outcome = self
             .deliveries
             .reconcile(&deliveries, &releases, &builds, &clusters, &self.sources)
             .await;
+        metrics.observe_reconcile("deliveries", started.elapsed());
         for (r, status) in outcome.helm_releases {
             write_status(&self.client, r.as_ref(), &r.status, &status).await;
         }

@@ -257,6 +257,7 @@ pub struct Hub {
 
 #[derive(Debug)]
 struct Inner {
+    metrics: crate::metrics::HubMetrics,
     registry: Arc<dyn Registry>,
     ca: Arc<HubCa>,
     keys: RwLock<KeyRing>,
@@ -305,6 +306,7 @@ impl Hub {
             .map_err(Error::ServerCert)?;
         Ok(Self {
             inner: Arc::new(Inner {
+                metrics: crate::metrics::HubMetrics::new(),
                 registry,
                 ca,
                 keys: RwLock::new(KeyRing::new(signing_key)),
@@ -321,6 +323,11 @@ impl Hub {
                 sequences: DashMap::new(),
             }),
         })
+    }
+
+    /// This hub's Prometheus metrics.
+    pub fn metrics(&self) -> &crate::metrics::HubMetrics {
+        &self.inner.metrics
     }
 
     /// The registry this hub uses.
@@ -407,6 +414,7 @@ impl Hub {
             *last = (*last + 1).max(unix_millis());
             *last
         };
+        self.inner.metrics.published(delivery, payload.len());
         self.seal_and_offer(cluster, delivery, revision, payload, sequence);
         Ok(sequence)
     }

@@ -364,6 +364,14 @@ fn handle_agent_message(hub: &Hub, cluster: &str, message: pb::AgentMessage) {
                 Ok(pb::AckOutcome::Failed) => AckOutcome::Failed,
                 _ => AckOutcome::Rejected,
             };
+            hub.inner.metrics.acked(
+                &ack.delivery,
+                match outcome {
+                    AckOutcome::Applied => "applied",
+                    AckOutcome::Failed => "failed",
+                    AckOutcome::Rejected => "rejected",
+                },
+            );
             if outcome != AckOutcome::Applied {
                 warn!(delivery = %ack.delivery, sequence = ack.sequence, ?outcome, message = %ack.message, "bundle not applied");
             }
