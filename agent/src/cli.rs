@@ -91,6 +91,24 @@ pub struct RunArgs {
     /// first start; never logged. Not needed once the identity Secret exists.
     #[arg(long, env = "FLOTILLA_TOKEN_FILE")]
     pub token_file: Option<PathBuf>,
+
+    /// Serve Prometheus metrics at `http://ADDRESS/metrics` (e.g. `0.0.0.0:9464`). Empty or `0`
+    /// (the default) serves none.
+    #[arg(long, env = "FLOTILLA_METRICS_LISTEN", default_value = "", value_parser = metrics_listen)]
+    pub metrics_listen: MetricsListen,
+}
+
+/// Where `--metrics-listen` serves, if anywhere.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct MetricsListen(pub Option<std::net::SocketAddr>);
+
+fn metrics_listen(s: &str) -> Result<MetricsListen, String> {
+    match s.trim() {
+        "" | "0" => Ok(MetricsListen(None)),
+        a => a.parse().map(|a| MetricsListen(Some(a))).map_err(|_| {
+            format!("{s:?} is not an address such as 0.0.0.0:9464 (or empty to disable)")
+        }),
+    }
 }
 
 /// A bootstrap token; `Debug` does not show it.
@@ -221,6 +239,12 @@ impl RunArgs {
             refused = resumed.refused.len(),
             "resumed stored bundles; watching for drift"
         );
+        let metrics_stop = CancellationToken::new();
+        let _metrics_guard = metrics_stop.clone().drop_guard();
+        if let Some(address) = self.metrics_listen.0 {
+            let bound = crate::metrics::serve(address, reconciler.clone(), metrics_stop).await?;
+            info!(address = %bound, "serving metrics at /metrics");
+        }
         let mut events = reconciler.subscribe();
         tokio::spawn(async move {
             while let Ok(e) = events.recv().await {
@@ -348,6 +372,21 @@ impl RunArgs {
                             tokio::time::sleep(Duration::from_secs(2)).await;
                             progress.mark_changed();
                         }
+                    }
+                }
+            }
+        });
+        tokio::spawn({
+            let (metrics, stop) = (reconciler.metrics().clone(), stop.clone());
+            let mut progress = agent.progress();
+            async move {
+                loop {
+                    metrics
+                        .hub_connected
+                        .set(i64::from(progress.borrow_and_update().connected));
+                    tokio::select! {
+                        _ = stop.cancelled() => return,
+                        r = progress.changed() => if r.is_err() { return },
                     }
                 }
             }

@@ -10,6 +10,7 @@ pub mod drift;
 pub mod health;
 pub mod identity;
 pub mod inventory;
+pub mod metrics;
 pub mod object;
 pub mod reconcile;
 pub mod report;

@@ -156,6 +156,7 @@ enum Pruned {
 
 #[derive(Debug)]
 struct Inner {
+    metrics: crate::metrics::AgentMetrics,
     applier: Applier,
     inventory: InventoryStore,
     store: BundleStore,
@@ -202,6 +203,7 @@ impl Reconciler {
         let (events, _) = broadcast::channel(4096);
         let r = Self {
             inner: Arc::new(Inner {
+                metrics: crate::metrics::AgentMetrics::new(),
                 inventory: InventoryStore::new(client.clone(), &config.state_namespace),
                 store: BundleStore::new(client, &config.state_namespace),
                 applier,
@@ -224,6 +226,11 @@ impl Reconciler {
     /// The workload cluster's client.
     pub fn client(&self) -> &kube::Client {
         self.inner.applier.client()
+    }
+
+    /// This reconciler's Prometheus metrics.
+    pub fn metrics(&self) -> &crate::metrics::AgentMetrics {
+        &self.inner.metrics
     }
 
     /// Drift events (detections and corrections) from now on.
@@ -387,7 +394,13 @@ impl Reconciler {
         desired: Desired,
         persist: Option<StoredBundle>,
     ) -> Result<Outcome, Error> {
+        let started = std::time::Instant::now();
         let outcome = self.apply_locked(desired, persist).await?;
+        self.inner.metrics.applied(
+            &outcome.delivery,
+            started.elapsed(),
+            outcome.results.iter().map(|r| &r.action),
+        );
         self.record(&outcome, None);
         Ok(outcome)
     }
@@ -792,6 +805,7 @@ impl Reconciler {
 
     fn report(&self, event: DriftEvent) {
         info!(delivery = %event.delivery, object = %event.object, drift = ?event.kind, "drift detected");
+        self.inner.metrics.drift("detected");
         let _ = self.inner.events.send(event.clone());
         let _ = self.inner.drift_tx.send(event);
     }
@@ -835,6 +849,7 @@ impl Reconciler {
                 if res.action == Action::Failed {
                     event.error = res.message.clone();
                     warn!(object = %t.object, error = ?res.message, "drift correction failed");
+                    this.inner.metrics.drift("failed");
                 } else {
                     if let Some(mut cur) = this.inner.tracked.get_mut(&t.object.key()) {
                         cur.owned = res.owned_fields.clone();
@@ -842,6 +857,7 @@ impl Reconciler {
                     }
                     event.corrected_ms = Some(drift::now_ms());
                     info!(object = %t.object, "drift corrected");
+                    this.inner.metrics.drift("corrected");
                 }
                 let _ = this.inner.events.send(event);
             });

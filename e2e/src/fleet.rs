@@ -181,6 +181,8 @@ pub struct Workload {
     pub cluster: TestCluster,
     /// Its agent, when running.
     pub agent: Option<Process>,
+    /// The agent's metrics address (`127.0.0.1:port`, `--metrics-listen`).
+    pub metrics: String,
     dir: PathBuf,
 }
 
@@ -312,6 +314,7 @@ impl Fleet {
                 spec,
                 cluster,
                 agent: None,
+                metrics: format!("127.0.0.1:{}", free_port()?),
                 dir: wdir,
             });
         }
@@ -425,7 +428,8 @@ impl Fleet {
             .arg("--hub-ca")
             .arg(w.dir.join("ca.crt"))
             .arg("--token-file")
-            .arg(w.dir.join("token"));
+            .arg(w.dir.join("token"))
+            .args(["--metrics-listen", &w.metrics]);
         let log = w.dir.join("agent.log");
         w.agent = Some(Process::spawn(cmd, log)?);
         Ok(())

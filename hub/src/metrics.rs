@@ -21,7 +21,7 @@ pub struct ControllerLabels {
     pub controller: String,
 }
 
-/// Labels of a per-delivery series (`namespace/name`, or `helm:namespace/name`).
+/// Labels of a per-delivery series: `namespace/name` (a `HelmRelease`: `HelmRelease namespace/name`).
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct DeliveryLabels {
     /// The delivery's key.
@@ -222,9 +222,9 @@ mod tests {
         }
         assert!(text.contains("flotilla_hub_acks_total{delivery=\"web\",outcome=\"applied\"} 2"));
         assert!(text.contains("flotilla_hub_connected_agents 2"));
-        assert!(
-            text.contains("flotilla_hub_reconcile_duration_seconds_count{controller=\"deliveries\"} 1")
-        );
+        assert!(text.contains(
+            "flotilla_hub_reconcile_duration_seconds_count{controller=\"deliveries\"} 1"
+        ));
         assert!(text.contains("flotilla_hub_bundle_size_bytes_sum 2048.0"));
         assert!(text.ends_with("# EOF\n"));
     }

@@ -312,6 +312,8 @@ pub struct Progress {
     pub renewals: u64,
     /// Newer key sets adopted so far.
     pub key_sets: u64,
+    /// True while a stream to the hub is open and welcomed.
+    pub connected: bool,
 }
 
 /// The health of a delivery, as reported to the hub.
@@ -506,6 +508,8 @@ impl<S: BundleSink> Agent<S> {
                 _ = shutdown.cancelled() => return Ok(()),
                 r = self.session(&shutdown) => r,
             };
+            self.progress
+                .send_if_modified(|p| std::mem::replace(&mut p.connected, false));
             if self.progress.borrow().sessions > sessions_before {
                 attempt = 0;
             }
@@ -577,7 +581,10 @@ impl<S: BundleSink> Agent<S> {
             0 => self.config.heartbeat_interval,
             ms => Duration::from_millis(ms.into()),
         };
-        self.progress.send_modify(|p| p.sessions += 1);
+        self.progress.send_modify(|p| {
+            p.sessions += 1;
+            p.connected = true;
+        });
         debug!(hub_version = %welcome.hub_version, "welcomed by the hub");
 
         let mut heartbeat = tokio::time::interval(interval);
