@@ -54,7 +54,8 @@ pub struct Process {
 }
 
 impl Process {
-    fn spawn(mut cmd: Command, log: PathBuf) -> Result<Self> {
+    /// Starts `cmd` with stdout and stderr going to `log`.
+    pub fn spawn(mut cmd: Command, log: PathBuf) -> Result<Self> {
         let file =
             std::fs::File::create(&log).with_context(|| format!("creating {}", log.display()))?;
         let child = cmd
