@@ -135,11 +135,16 @@ async fn hub_secrets(fleet: &Fleet) -> Result<Vec<String>> {
     Ok(out)
 }
 
+/// The tests of this file run one at a time: each starts a whole fleet, and the 1,000-cluster
+/// render time must not include another test's fleet competing for the same cores.
+static ONE_AT_A_TIME: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
 #[tokio::test(flavor = "multi_thread")]
 async fn the_grid_shows_both_clusters_and_a_drift_turns_its_cell_live() -> Result<()> {
     if skip_unless_e2e() {
         return Ok(());
     }
+    let _serial = ONE_AT_A_TIME.lock().await;
     check_browser()?;
     let fleet = Fleet::start(
         "dash",
@@ -269,6 +274,7 @@ async fn the_overview_of_1000_clusters_renders_in_under_a_second() -> Result<()>
     if skip_unless_e2e() {
         return Ok(());
     }
+    let _serial = ONE_AT_A_TIME.lock().await;
     check_browser()?;
     const N: usize = 1000;
     let fleet = Fleet::start("dash1k", &[], &[]).await?;
