@@ -37,6 +37,9 @@ pub struct Args {
 
     #[command(flatten)]
     pub log: flotilla_telemetry::LogArgs,
+
+    #[command(flatten)]
+    pub otlp: flotilla_telemetry::OtlpArgs,
 }
 
 /// The agent's modes.
@@ -164,7 +167,8 @@ fn humantime_secs(s: &str) -> Result<Duration, String> {
 impl Args {
     /// Runs the chosen mode.
     pub async fn run(self) -> anyhow::Result<()> {
-        self.log.init()?;
+        // Flushes the spans not yet exported when the agent returns.
+        let _traces = self.log.init_with_traces(&self.otlp, "flotilla-agent")?;
         let reconciler = self.cluster.reconciler().await?;
         match self.command {
             Command::Run(run) => run.run(reconciler, &self.cluster.state_namespace).await,

@@ -28,6 +28,8 @@ pub struct WorkloadSpec {
     pub labels: BTreeMap<String, String>,
     /// Post-build substitution variables.
     pub vars: BTreeMap<String, String>,
+    /// More `flotilla-agent run` arguments (e.g. `--otlp-endpoint`).
+    pub agent_args: Vec<String>,
 }
 
 impl WorkloadSpec {
@@ -41,6 +43,7 @@ impl WorkloadSpec {
                 ("region".to_owned(), region.to_owned()),
             ]),
             vars: BTreeMap::from([("region".to_owned(), region.to_owned())]),
+            agent_args: Vec::new(),
         }
     }
 }
@@ -430,7 +433,8 @@ impl Fleet {
             .arg(w.dir.join("ca.crt"))
             .arg("--token-file")
             .arg(w.dir.join("token"))
-            .args(["--metrics-listen", &w.metrics]);
+            .args(["--metrics-listen", &w.metrics])
+            .args(&w.spec.agent_args);
         let log = w.dir.join("agent.log");
         w.agent = Some(Process::spawn(cmd, log)?);
         Ok(())

@@ -110,12 +110,16 @@ pub struct Args {
 
     #[command(flatten)]
     pub log: flotilla_telemetry::LogArgs,
+
+    #[command(flatten)]
+    pub otlp: flotilla_telemetry::OtlpArgs,
 }
 
 impl Args {
     /// Runs the hub until SIGINT or SIGTERM.
     pub async fn run(self) -> anyhow::Result<()> {
-        self.log.init()?;
+        // Flushes the spans not yet exported when the hub returns.
+        let _traces = self.log.init_with_traces(&self.otlp, "flotilla-hub")?;
         let client = crate::kube_client(self.kubeconfig.as_deref()).await?;
         let version = client
             .apiserver_version()

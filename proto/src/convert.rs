@@ -167,6 +167,17 @@ pub fn bundle_to_chunks_encoded(
     zstd: Option<&Bytes>,
     chunk_size: usize,
 ) -> Vec<pb::BundleChunk> {
+    bundle_to_chunks_traced(bundle, zstd, String::new(), chunk_size)
+}
+
+/// [`bundle_to_chunks_encoded`] with the W3C `traceparent` of the span that published the
+/// bundle in its header (empty: none). Not signed: diagnostic only (see docs/protocol.md).
+pub fn bundle_to_chunks_traced(
+    bundle: &SignedBundle,
+    zstd: Option<&Bytes>,
+    traceparent: String,
+    chunk_size: usize,
+) -> Vec<pb::BundleChunk> {
     let chunk_size = chunk_size.max(1);
     let m = &bundle.header.meta;
     let (wire, encoding) = match zstd {
@@ -184,6 +195,7 @@ pub fn bundle_to_chunks_encoded(
         payload_size: bundle.payload.len() as u64,
         payload_encoding: encoding as i32,
         encoded_size: if zstd.is_some() { wire.len() as u64 } else { 0 },
+        traceparent,
     };
     let len = wire.len();
     let count = len.div_ceil(chunk_size).max(1);
@@ -211,6 +223,15 @@ impl Reassembler {
     /// Feeds one chunk; returns the bundle when it was the last. Any error drops the partial
     /// bundle.
     pub fn push(&mut self, chunk: pb::BundleChunk) -> Result<Option<SignedBundle>, Error> {
+        Ok(self.push_traced(chunk)?.map(|(bundle, _)| bundle))
+    }
+
+    /// [`Reassembler::push`], also returning the header's W3C `traceparent` (empty when the hub
+    /// sent none). It is not part of the signed bundle: use it to link spans, nothing else.
+    pub fn push_traced(
+        &mut self,
+        chunk: pb::BundleChunk,
+    ) -> Result<Option<(SignedBundle, String)>, Error> {
         let result = self.push_inner(chunk);
         if result.is_err() {
             self.partial = None;
@@ -218,7 +239,10 @@ impl Reassembler {
         result
     }
 
-    fn push_inner(&mut self, chunk: pb::BundleChunk) -> Result<Option<SignedBundle>, Error> {
+    fn push_inner(
+        &mut self,
+        chunk: pb::BundleChunk,
+    ) -> Result<Option<(SignedBundle, String)>, Error> {
         let expected = self.partial.as_ref().map_or(0, |p| p.1);
         if chunk.index != expected || chunk.index >= chunk.count {
             return Err(Error::ChunkOrder {
@@ -283,7 +307,7 @@ impl Reassembler {
             field: "digest",
             source: None,
         })?;
-        Ok(Some(SignedBundle {
+        let bundle = SignedBundle {
             header: Header {
                 meta: BundleMeta {
                     cluster: header.cluster_id,
@@ -296,7 +320,8 @@ impl Reassembler {
             },
             signature: signature_from_pb(header.signature, "BundleHeader")?,
             payload,
-        }))
+        };
+        Ok(Some((bundle, header.traceparent)))
     }
 }
 
@@ -351,6 +376,27 @@ mod tests {
             },
             Bytes::from(vec![b'x'; len]),
         )
+    }
+
+    #[test]
+    fn the_traceparent_travels_in_the_first_chunk_outside_the_signature() {
+        let b = bundle(25);
+        let tp = "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01";
+        let chunks = bundle_to_chunks_traced(&b, None, tp.to_owned(), 10);
+        assert_eq!(chunks[0].header.as_ref().unwrap().traceparent, tp);
+        let mut r = Reassembler::default();
+        let mut out = None;
+        for c in chunks {
+            out = r.push_traced(c).unwrap();
+        }
+        let (got, traceparent) = out.unwrap();
+        assert_eq!(traceparent, tp);
+        // The same signed bundle as without a trace context: it is not signed.
+        assert_eq!(got, b);
+        got.verify_seal(&flotilla_bundle::TrustedKeys::new(vec![
+            SigningKey::from_seed([1; 32]).public_key(),
+        ]))
+        .unwrap();
     }
 
     #[test]

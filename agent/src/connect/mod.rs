@@ -19,7 +19,7 @@ use tokio_stream::wrappers::ReceiverStream;
 use tokio_util::sync::CancellationToken;
 use tonic::codec::CompressionEncoding;
 use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint, Identity};
-use tracing::{debug, info, warn};
+use tracing::{Instrument as _, debug, info, warn};
 
 use crate::verify::{self, Verdict, VerifiedBundle, Verifier};
 
@@ -702,7 +702,7 @@ impl<S: BundleSink> Agent<S> {
                 return None;
             }
         };
-        let bundle = match reassembler.push(chunk) {
+        let (bundle, traceparent) = match reassembler.push_traced(chunk) {
             Ok(Some(b)) => b,
             Ok(None) => return None,
             Err(e) => {
@@ -714,6 +714,36 @@ impl<S: BundleSink> Agent<S> {
             bundle.header.meta.delivery.clone(),
             bundle.header.meta.sequence,
         );
+        // Verify, apply and ack of this bundle, a child of the hub's span that sent it (the
+        // header's unsigned trace context); no span at all unless traces are exported.
+        let span = flotilla_telemetry::span!(
+            "apply",
+            cluster = %bundle.header.meta.cluster,
+            delivery = %delivery,
+            revision = %bundle.header.meta.revision,
+            sequence,
+            objects = tracing::field::Empty,
+            failed_objects = tracing::field::Empty,
+            outcome = tracing::field::Empty,
+            otel.status_code = tracing::field::Empty,
+        );
+        flotilla_telemetry::set_parent(&span, &traceparent);
+        let ack = self.verify_and_apply(bundle, delivery, sequence, &span)
+            .instrument(span.clone())
+            .await;
+        drop(span);
+        ack
+    }
+
+    /// Verifies a reassembled bundle, applies it if new, and returns the ack to send; records
+    /// the outcome on `span`.
+    async fn verify_and_apply(
+        &self,
+        bundle: flotilla_bundle::SignedBundle,
+        delivery: String,
+        sequence: u64,
+        span: &tracing::Span,
+    ) -> Option<pb::AgentMessage> {
         let verdict = self.lock().verifier.verify(bundle, unix_now());
         let ack = |outcome: pb::AckOutcome, message: String, objects: Vec<ObjectResult>| {
             Some(pb::AgentMessage {
@@ -745,14 +775,28 @@ impl<S: BundleSink> Agent<S> {
                 } else {
                     pb::AckOutcome::Failed
                 };
+                if !span.is_none() {
+                    let failed = result.objects.iter().filter(|o| !o.ok).count();
+                    span.record("objects", result.objects.len());
+                    span.record("failed_objects", failed);
+                    span.record("outcome", if result.applied { "applied" } else { "failed" });
+                    if !result.applied {
+                        span.record("otel.status_code", "ERROR");
+                    }
+                }
                 ack(outcome, result.message, result.objects)
             }
-            Ok(Verdict::Duplicate(_)) => ack(
-                pb::AckOutcome::Applied,
-                "already held".to_owned(),
-                Vec::new(),
-            ),
+            Ok(Verdict::Duplicate(_)) => {
+                span.record("outcome", "duplicate");
+                ack(
+                    pb::AckOutcome::Applied,
+                    "already held".to_owned(),
+                    Vec::new(),
+                )
+            }
             Err(e) => {
+                span.record("outcome", "rejected");
+                span.record("otel.status_code", "ERROR");
                 warn!(error = %e, "bundle refused");
                 self.sink.rejected(&e);
                 self.progress.send_modify(|p| p.rejected += 1);

@@ -8,7 +8,7 @@ use std::time::{Duration, Instant, SystemTime};
 use kube::ResourceExt as _;
 use serde_json::{Value, json};
 use sha2::{Digest as _, Sha256};
-use tracing::{info, warn};
+use tracing::{Instrument as _, info, warn};
 
 use super::Config;
 use super::helm::{BuildResult, HelmBuild, NotBuilt};
@@ -126,6 +126,8 @@ struct Candidate {
     revision: String,
     objects: Arc<Vec<Value>>,
     digest: String,
+    /// W3C trace context of the render span, when traces are exported.
+    traceparent: Option<String>,
 }
 
 /// What was last published to one cluster for one delivery.
@@ -658,12 +660,43 @@ impl Deliveries {
                 }
             };
             let render_started = Instant::now();
+            let span = flotilla_telemetry::span!(
+                "render",
+                delivery = %dkey,
+                cluster = %cname,
+                revision = tracing::field::Empty,
+                objects = tracing::field::Empty,
+                outcome = tracing::field::Empty,
+                otel.status_code = tracing::field::Empty,
+            );
+            if !span.is_none() {
+                span.record("revision", snapshot.revision().as_str());
+                if let Origin::Git(s) = snapshot
+                    && let Some(tp) = s.traceparent()
+                {
+                    flotilla_telemetry::set_parent(&span, tp);
+                }
+            }
             let rendered = match snapshot {
                 Origin::Git(s) => {
-                    render(s.clone(), path.clone(), vars, self.render_options.clone()).await
+                    render(s.clone(), path.clone(), vars, self.render_options.clone())
+                        .instrument(span.clone())
+                        .await
                 }
-                Origin::Helm(b) => b.render(&vars).await,
+                Origin::Helm(b) => b.render(&vars).instrument(span.clone()).await,
             };
+            match &rendered {
+                Ok(objects) => {
+                    span.record("objects", objects.len());
+                    span.record("outcome", "rendered");
+                }
+                Err(_) => {
+                    span.record("outcome", "failed");
+                    span.record("otel.status_code", "ERROR");
+                }
+            }
+            let traceparent = flotilla_telemetry::traceparent(&span);
+            drop(span);
             self.hub
                 .metrics()
                 .observe_render(&dkey, render_started.elapsed());
@@ -690,6 +723,7 @@ impl Deliveries {
                         revision: snapshot.revision(),
                         objects: Arc::new(objects),
                         digest,
+                        traceparent,
                     });
                 }
                 Err(e) => {
@@ -785,13 +819,41 @@ impl Deliveries {
                 slot.blocked = Some(why);
                 continue;
             }
-            match self.hub.publish_with_options(
-                &cname,
-                &name,
-                &cand.revision,
-                &cand.objects,
-                &wire_options,
-            ) {
+            let span = flotilla_telemetry::span!(
+                "publish",
+                delivery = %dkey,
+                cluster = %cname,
+                revision = %cand.revision,
+                objects = cand.objects.len(),
+                sequence = tracing::field::Empty,
+                outcome = tracing::field::Empty,
+                otel.status_code = tracing::field::Empty,
+            );
+            if let Some(tp) = &cand.traceparent {
+                flotilla_telemetry::set_parent(&span, tp);
+            }
+            // The hub puts this span's trace context in the bundle for the agent's apply.
+            let published = span.in_scope(|| {
+                self.hub.publish_with_options(
+                    &cname,
+                    &name,
+                    &cand.revision,
+                    &cand.objects,
+                    &wire_options,
+                )
+            });
+            match &published {
+                Ok(sequence) => {
+                    span.record("sequence", sequence);
+                    span.record("outcome", "published");
+                }
+                Err(_) => {
+                    span.record("outcome", "failed");
+                    span.record("otel.status_code", "ERROR");
+                }
+            }
+            drop(span);
+            match published {
                 Ok(sequence) => {
                     info!(delivery = %dkey, cluster = %cname, revision = %cand.revision, sequence, objects = cand.objects.len(), "published");
                     slot.published = Some(Published {

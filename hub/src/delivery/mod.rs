@@ -55,14 +55,23 @@ use stream::AgentConn;
 pub(crate) struct Sealed {
     bundle: Arc<SignedBundle>,
     zstd: OnceLock<Option<Bytes>>,
+    /// W3C trace context of the span that published the bundle, when traces are exported: the
+    /// parent of the send spans (and through them of the agent's apply). Not signed.
+    traceparent: Option<String>,
 }
 
 impl Sealed {
-    fn new(bundle: SignedBundle) -> Self {
+    fn new(bundle: SignedBundle, traceparent: Option<String>) -> Self {
         Self {
             bundle: Arc::new(bundle),
             zstd: OnceLock::new(),
+            traceparent,
         }
+    }
+
+    /// The trace context of the span that published the bundle, if traces are exported.
+    pub(crate) fn traceparent(&self) -> Option<&str> {
+        self.traceparent.as_deref()
     }
 
     /// The payload as one zstd frame, or `None` when compressing does not make it smaller.
@@ -461,7 +470,9 @@ impl Hub {
             sequence,
             expires_at: unix_now() + self.inner.config.bundle_ttl.as_secs(),
         };
-        let bundle = Arc::new(Sealed::new(self.keys().seal(meta, payload)));
+        // `None` at no cost unless traces are exported.
+        let traceparent = flotilla_telemetry::traceparent(&tracing::Span::current());
+        let bundle = Arc::new(Sealed::new(self.keys().seal(meta, payload), traceparent));
         {
             let mut per_cluster = self.inner.store.entry(cluster.to_owned()).or_default();
             let slot = per_cluster

@@ -329,18 +329,48 @@ async fn drain(
         if sent.get(&delivery).is_some_and(|&s| s >= seq) {
             continue;
         }
+        // One span per bundle sent, child of the publish, parent of the agent's apply; none
+        // (and no trace context in the header) unless traces are exported.
+        let span = match bundle.traceparent() {
+            Some(parent) => {
+                let span = flotilla_telemetry::span!(
+                    "send",
+                    cluster = %cluster,
+                    delivery = %delivery,
+                    revision = %bundle.header.meta.revision,
+                    sequence = seq,
+                    payload_bytes = bundle.payload.len(),
+                    outcome = tracing::field::Empty,
+                    otel.status_code = tracing::field::Empty,
+                );
+                flotilla_telemetry::set_parent(&span, parent);
+                span
+            }
+            None => tracing::Span::none(),
+        };
+        let traceparent = flotilla_telemetry::traceparent(&span).unwrap_or_default();
         // Woken again while sending: a close must not wait behind a large bundle.
         let encoded = if zstd { bundle.zstd() } else { None };
-        let chunks =
-            convert::bundle_to_chunks_encoded(&bundle, encoded, hub.inner.config.chunk_size);
+        let chunks = convert::bundle_to_chunks_traced(
+            &bundle,
+            encoded,
+            traceparent,
+            hub.inner.config.chunk_size,
+        );
         for chunk in chunks {
             if conn.lock().close.is_some() {
+                span.record("outcome", "interrupted");
+                span.record("otel.status_code", "ERROR");
                 return Some(conn.lock().close.take());
             }
             if let Sent::Gone = send(tx, pb::hub_message::Kind::Bundle(chunk)).await {
+                span.record("outcome", "disconnected");
+                span.record("otel.status_code", "ERROR");
                 return Some(None);
             }
         }
+        span.record("outcome", "sent");
+        drop(span);
         debug!(delivery = %delivery, sequence = seq, "bundle sent");
         if let Some(mut info) = hub.inner.agent_info.get_mut(cluster) {
             info.bundles_sent += 1;

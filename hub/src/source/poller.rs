@@ -211,10 +211,20 @@ async fn run(
 ) {
     let url = redact_url(&source.url);
     loop {
+        let span = flotilla_telemetry::span!(
+            "fetch",
+            source = %source.name,
+            url = %url,
+            revision = tracing::field::Empty,
+            new_revision = tracing::field::Empty,
+            outcome = tracing::field::Empty,
+            otel.status_code = tracing::field::Empty,
+        );
         let result = {
             let cache = cache.clone();
             let source = source.clone();
-            match tokio::task::spawn_blocking(move || cache.fetch(&source)).await {
+            let span = span.clone();
+            match tokio::task::spawn_blocking(move || span.in_scope(|| cache.fetch(&source))).await {
                 Ok(result) => result,
                 Err(e) => Err(Error::Task {
                     url: url.clone(),
@@ -229,14 +239,20 @@ async fn run(
                 failures = 0;
                 let revision = snapshot.revision();
                 let verified_by = snapshot.verified_by().map(str::to_string);
-                snapshot_tx.send_if_modified(|current| {
+                let new_revision = snapshot_tx.send_if_modified(|current| {
                     if current.as_ref() == Some(&snapshot) {
                         return false;
                     }
                     tracing::info!(source = %source.name, %revision, "new revision");
+                    if let Some(tp) = flotilla_telemetry::traceparent(&span) {
+                        snapshot.set_traceparent(tp);
+                    }
                     *current = Some(snapshot);
                     true
                 });
+                span.record("revision", revision.as_str());
+                span.record("new_revision", new_revision);
+                span.record("outcome", "fetched");
                 let delay = options.delay(failures);
                 status_tx.send_modify(|s| {
                     s.revision = Some(revision);
@@ -249,12 +265,15 @@ async fn run(
                     s.consecutive_failures = 0;
                     s.next_attempt_in = Some(delay);
                 });
+                drop(span);
                 wait(delay, &trigger).await;
             }
             Err(error) => {
                 failures = failures.saturating_add(1);
                 let reason = FailureReason::of(&error);
                 let message = error_chain(&error);
+                span.record("outcome", "failed");
+                span.record("otel.status_code", "ERROR");
                 let delay = options.delay(failures);
                 tracing::warn!(
                     source = %source.name,
@@ -271,6 +290,7 @@ async fn run(
                     s.consecutive_failures = failures;
                     s.next_attempt_in = Some(delay);
                 });
+                drop(span);
                 wait(delay, &trigger).await;
             }
         }

@@ -39,6 +39,9 @@ struct Inner {
     fetched_at: SystemTime,
     repo_path: PathBuf,
     max_file_bytes: u64,
+    /// W3C trace context of the fetch that found this revision (set only when traces are
+    /// exported), so that its renders, publishes and applies join the fetch's trace.
+    traceparent: std::sync::OnceLock<String>,
     /// Open handles to the cached repository (git2 handles are `Send` but not `Sync`, so each
     /// reader takes one, and returns it afterwards).
     pool: Mutex<Vec<Repository>>,
@@ -72,6 +75,7 @@ impl Snapshot {
                 fetched_at: SystemTime::now(),
                 repo_path: parts.repo_path,
                 max_file_bytes: parts.max_file_bytes,
+                traceparent: std::sync::OnceLock::new(),
                 pool: Mutex::new(vec![repo]),
             }),
         }
@@ -114,6 +118,16 @@ impl Snapshot {
             },
             repo,
         ))
+    }
+
+    /// The W3C trace context of the fetch that found this revision, when traces are exported.
+    pub fn traceparent(&self) -> Option<&str> {
+        self.inner.traceparent.get().map(String::as_str)
+    }
+
+    /// Records the trace context of the fetch that found this revision (first one wins).
+    pub(crate) fn set_traceparent(&self, traceparent: String) {
+        let _ = self.inner.traceparent.set(traceparent);
     }
 
     /// The source's name.
