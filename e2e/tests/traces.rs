@@ -120,7 +120,11 @@ async fn hub_and_agent_spans_of_a_revision_share_one_trace() -> Result<()> {
 
     // The hub's fetch of the commit starts the trace; spans are exported in batches, so wait
     // until every step of it has arrived.
-    let is_head = |s: &Received| s.attributes.get("revision").is_some_and(|r| r.contains(&head));
+    let is_head = |s: &Received| {
+        s.attributes
+            .get("revision")
+            .is_some_and(|r| r.contains(&head))
+    };
     let (trace, spans) = eventually("fetch, render, publish, send and apply spans", WAIT, || {
         let spans = receiver.spans.lock().expect("not poisoned").clone();
         async move {
@@ -179,29 +183,45 @@ async fn hub_and_agent_spans_of_a_revision_share_one_trace() -> Result<()> {
             .get(apply.parent_span_id.as_slice())
             .with_context(|| format!("the parent of the agent's apply {apply:?} is no hub span"))?;
         assert_eq!(parent.name, "send", "{parent:?}");
-        assert_eq!(parent.attributes.get("cluster").map(String::as_str), Some("workload-1"));
-        assert_eq!(apply.attributes.get("cluster").map(String::as_str), Some("workload-1"));
+        assert_eq!(
+            parent.attributes.get("cluster").map(String::as_str),
+            Some("workload-1")
+        );
+        assert_eq!(
+            apply.attributes.get("cluster").map(String::as_str),
+            Some("workload-1")
+        );
         assert!(is_head(apply), "{apply:?}");
-        assert_eq!(apply.attributes.get("outcome").map(String::as_str), Some("applied"));
+        assert_eq!(
+            apply.attributes.get("outcome").map(String::as_str),
+            Some("applied")
+        );
         assert!(!apply.error, "{apply:?}");
         let objects: usize = apply.attributes["objects"].parse()?;
         assert!(objects > 0, "{apply:?}");
         assert!(apply.attributes.contains_key("sequence"), "{apply:?}");
     }
-    // Each hub step hangs off the one before: send ← publish ← render ← fetch.
-    for s in spans.iter().filter(|s| s.service == "flotilla-hub" && s.name != "fetch") {
-        let parent = hub_spans
-            .get(s.parent_span_id.as_slice())
-            .with_context(|| format!("{s:?} has no hub parent"))?;
-        let want = match s.name.as_str() {
-            "render" => "fetch",
-            "publish" => "render",
-            "send" => "publish",
-            other => panic!("unexpected hub span {other} in the revision's trace: {s:?}"),
-        };
-        assert_eq!(parent.name, want, "{s:?}");
-        assert_eq!(s.attributes.get("cluster").map(String::as_str), Some("workload-1"));
-        assert!(is_head(s), "{s:?}");
+    // Each hub step hangs off the one before (send ← publish ← render ← fetch) and names the
+    // cluster and the revision.
+    for (name, want) in [
+        ("render", "fetch"),
+        ("publish", "render"),
+        ("send", "publish"),
+    ] {
+        for s in spans
+            .iter()
+            .filter(|s| s.service == "flotilla-hub" && s.name == name)
+        {
+            let parent = hub_spans
+                .get(s.parent_span_id.as_slice())
+                .with_context(|| format!("{s:?} has no hub parent"))?;
+            assert_eq!(parent.name, want, "{s:?}");
+            assert_eq!(
+                s.attributes.get("cluster").map(String::as_str),
+                Some("workload-1")
+            );
+            assert!(is_head(s), "{s:?}");
+        }
     }
     Ok(())
 }

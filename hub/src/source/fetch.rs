@@ -95,9 +95,7 @@ impl GitCache {
         };
         let _guard = lock.lock().unwrap_or_else(|p| p.into_inner());
 
-        let span = tracing::info_span!("fetch", source = %source.name, url = %url, reference = %source.reference);
-        let _entered = span.enter();
-
+        // Log lines here run inside the poller's `fetch` span (source, URL, reference).
         let repo = open_or_init(&path).map_err(|e| Error::Repository {
             url: url.clone(),
             path: path.clone(),

@@ -211,10 +211,13 @@ async fn run(
 ) {
     let url = redact_url(&source.url);
     loop {
-        let span = flotilla_telemetry::span!(
+        // Always created (once per poll, not a hot path): log lines of the fetch carry its
+        // fields, and with traces exported it is the root of the revision's trace.
+        let span = tracing::info_span!(
             "fetch",
             source = %source.name,
             url = %url,
+            reference = %source.reference,
             revision = tracing::field::Empty,
             new_revision = tracing::field::Empty,
             outcome = tracing::field::Empty,
@@ -224,7 +227,8 @@ async fn run(
             let cache = cache.clone();
             let source = source.clone();
             let span = span.clone();
-            match tokio::task::spawn_blocking(move || span.in_scope(|| cache.fetch(&source))).await {
+            match tokio::task::spawn_blocking(move || span.in_scope(|| cache.fetch(&source))).await
+            {
                 Ok(result) => result,
                 Err(e) => Err(Error::Task {
                     url: url.clone(),
