@@ -385,6 +385,12 @@ impl Deliveries {
         }
     }
 
+    /// Renders waiting to be published (held back by `dependsOn` or the rollout), over every
+    /// delivery and cluster.
+    pub fn queued(&self) -> usize {
+        self.slots.values().filter(|s| s.candidate.is_some()).count()
+    }
+
     /// Renders, gates and publishes every delivery for every targeted cluster, and computes
     /// the status of every delivery and cluster.
     pub async fn reconcile(

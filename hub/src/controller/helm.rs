@@ -175,6 +175,16 @@ impl Charts {
         }
     }
 
+    /// Index reads and chart downloads under way.
+    pub fn in_flight(&self) -> usize {
+        let repos = lock(&self.repos).values().filter(|r| r.in_flight).count();
+        let archives = lock(&self.archives)
+            .values()
+            .filter(|a| matches!(a, ArchiveState::InFlight))
+            .count();
+        repos + archives
+    }
+
     /// Starts index reads that are due and returns each repository's status.
     pub fn sync(
         &mut self,

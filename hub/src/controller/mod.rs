@@ -367,6 +367,8 @@ impl Controller {
         for (c, status) in outcome.clusters {
             write_status(&self.client, c.as_ref(), &c.status, &status).await;
         }
+        metrics.set_controller_queue("deliveries", self.deliveries.queued());
+        metrics.set_controller_queue("helm", self.charts.in_flight());
     }
 }
 
