@@ -71,7 +71,7 @@ impl Kind<'_> {
 
 /// A `HelmRelease` seen as the `Delivery` it behaves like (same targeting, timing, dependsOn
 /// and suspend; always forced, drift corrected), so both share one reconcile path.
-fn helm_as_delivery(hr: &HelmRelease) -> Delivery {
+pub fn helm_as_delivery(hr: &HelmRelease) -> Delivery {
     let s = &hr.spec;
     let mut d = Delivery::new(
         &hr.name_any(),

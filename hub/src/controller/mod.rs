@@ -40,7 +40,7 @@ use crate::fleet::KubeRegistry;
 use crate::source::GitCache;
 
 pub use deliveries::Deliveries;
-pub use helm::{BuildResult, Charts, HelmBuild, NotBuilt};
+pub use helm::{BuildResult, Charts, HelmBuild, NotBuilt, build_once};
 pub use sources::Sources;
 
 /// The reflector caches of the hub's resources.
