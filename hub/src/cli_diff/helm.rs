@@ -37,9 +37,7 @@ pub fn releases_in(tree: &dyn flotilla_render::Tree) -> anyhow::Result<Vec<Found
     let mut out = Vec::new();
     let mut dirs = vec![flotilla_render::RelPath::root()];
     while let Some(dir) = dirs.pop() {
-        let entries = tree
-            .list(&dir)
-            .with_context(|| format!("listing {dir}"))?;
+        let entries = tree.list(&dir).with_context(|| format!("listing {dir}"))?;
         for e in entries {
             if e.name.starts_with('.') {
                 continue;
@@ -50,7 +48,9 @@ pub fn releases_in(tree: &dyn flotilla_render::Tree) -> anyhow::Result<Vec<Found
                 flotilla_render::EntryKind::File
                     if e.name.ends_with(".yaml") || e.name.ends_with(".yml") =>
                 {
-                    let bytes = tree.read(&path).with_context(|| format!("reading {path}"))?;
+                    let bytes = tree
+                        .read(&path)
+                        .with_context(|| format!("reading {path}"))?;
                     let Ok(text) = std::str::from_utf8(&bytes) else {
                         continue;
                     };
@@ -79,8 +79,8 @@ fn parse(file: &str, text: &str) -> anyhow::Result<Vec<Found>> {
             continue;
         }
         let name = v["metadata"]["name"].as_str().unwrap_or("").to_owned();
-        let mut release: HelmRelease = serde_json::from_value(v)
-            .map_err(|e| anyhow!("{file}: HelmRelease {name}: {e}"))?;
+        let mut release: HelmRelease =
+            serde_json::from_value(v).map_err(|e| anyhow!("{file}: HelmRelease {name}: {e}"))?;
         if release.metadata.namespace.is_none() {
             release.metadata.namespace = Some("default".into());
         }
@@ -192,7 +192,10 @@ impl<'a> Builder<'a> {
                     b.archive.version
                 );
             }
-            (objects, format!("{to}, {}@{}", b.archive.name, b.archive.version))
+            (
+                objects,
+                format!("{to}, {}@{}", b.archive.name, b.archive.version),
+            )
         } else {
             notes.push("the release no longer selects this cluster".to_owned());
             (Vec::new(), to.to_owned())
@@ -218,8 +221,8 @@ impl<'a> Builder<'a> {
                 // `<chart>@<version>@sha256:<digest>`.
                 let mut parts = rev.splitn(3, '@');
                 let (_, version, digest) = (parts.next(), parts.next(), parts.next());
-                let version =
-                    version.ok_or_else(|| anyhow!("the hub sent {rev:?}, which names no chart version"))?;
+                let version = version
+                    .ok_or_else(|| anyhow!("the hub sent {rev:?}, which names no chart version"))?;
                 let b = self
                     .build("old", l, Some(version))
                     .await

@@ -388,7 +388,10 @@ impl Deliveries {
     /// Renders waiting to be published (held back by `dependsOn` or the rollout), over every
     /// delivery and cluster.
     pub fn queued(&self) -> usize {
-        self.slots.values().filter(|s| s.candidate.is_some()).count()
+        self.slots
+            .values()
+            .filter(|s| s.candidate.is_some())
+            .count()
     }
 
     /// Renders, gates and publishes every delivery for every targeted cluster, and computes
