@@ -163,7 +163,11 @@ impl LogArgs {
     /// [`LogArgs::init`], plus span export over OTLP/gRPC when `otlp` names an endpoint, as
     /// `service` (the OpenTelemetry `service.name`). Call from within the Tokio runtime; keep
     /// the guard until the process ends. Flotilla's spans are exported whatever the log level.
-    pub fn init_with_traces(&self, otlp: &OtlpArgs, service: &'static str) -> anyhow::Result<TraceGuard> {
+    pub fn init_with_traces(
+        &self,
+        otlp: &OtlpArgs,
+        service: &'static str,
+    ) -> anyhow::Result<TraceGuard> {
         let Some(endpoint) = otlp.otlp_endpoint.as_deref().filter(|e| !e.is_empty()) else {
             self.init()?;
             return Ok(TraceGuard::default());
@@ -190,10 +194,19 @@ impl LogArgs {
         let registry = tracing_subscriber::registry().with(spans);
         let result = match self.log_format {
             LogFormat::Text => registry
-                .with(fmt::layer().with_writer(std::io::stderr).with_filter(filter))
+                .with(
+                    fmt::layer()
+                        .with_writer(std::io::stderr)
+                        .with_filter(filter),
+                )
                 .try_init(),
             LogFormat::Json => registry
-                .with(fmt::layer().json().with_writer(std::io::stderr).with_filter(filter))
+                .with(
+                    fmt::layer()
+                        .json()
+                        .with_writer(std::io::stderr)
+                        .with_filter(filter),
+                )
                 .try_init(),
         };
         result.map_err(|e| anyhow::anyhow!("installing the log subscriber: {e}"))?;

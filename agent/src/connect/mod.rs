@@ -728,7 +728,8 @@ impl<S: BundleSink> Agent<S> {
             otel.status_code = tracing::field::Empty,
         );
         flotilla_telemetry::set_parent(&span, &traceparent);
-        let ack = self.verify_and_apply(bundle, delivery, sequence, &span)
+        let ack = self
+            .verify_and_apply(bundle, delivery, sequence, &span)
             .instrument(span.clone())
             .await;
         drop(span);
