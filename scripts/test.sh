@@ -47,6 +47,8 @@ helm_lint() {
     "$helm" lint --strict charts/flotilla-agent \
       --set hub.url=https://hub.example.com:7443,hub.caCert=x,bootstrapToken.value=t,rbac.mode=$mode
   done
+  "$helm" lint --strict charts/flotilla-agent \
+    --set hub.url=https://hub.example.com:7443,hub.caCert=x,metrics.enabled=true,metrics.serviceMonitor.enabled=true
 }
 
 stage "build control-plane tools" e2e/build-tools.sh

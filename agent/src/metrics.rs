@@ -76,6 +76,8 @@ pub struct AgentMetrics {
     pub inventory_objects: Family<DeliveryLabels, Gauge>,
     /// 1 while a stream to the hub is open, else 0.
     pub hub_connected: Gauge,
+    /// Bundles received and waiting for the apply in progress to finish.
+    pub apply_queue_depth: Gauge,
 }
 
 impl fmt::Debug for AgentMetrics {
@@ -126,6 +128,12 @@ impl AgentMetrics {
             "1 while a stream to the hub is open, else 0",
             hub_connected.clone(),
         );
+        let apply_queue_depth = Gauge::default();
+        registry.register(
+            "apply_queue_depth",
+            "Bundles received and waiting for the apply in progress to finish",
+            apply_queue_depth.clone(),
+        );
         Self {
             registry: Arc::new(registry),
             apply_results,
@@ -133,6 +141,7 @@ impl AgentMetrics {
             drift_events,
             inventory_objects,
             hub_connected,
+            apply_queue_depth,
         }
     }
 
@@ -248,6 +257,7 @@ mod tests {
             })
             .set(2);
         m.hub_connected.set(1);
+        m.apply_queue_depth.inc();
         let text = m.encode();
         for family in [
             "# TYPE flotilla_agent_apply_results counter",
@@ -255,6 +265,7 @@ mod tests {
             "# TYPE flotilla_agent_drift_events counter",
             "# TYPE flotilla_agent_inventory_objects gauge",
             "# TYPE flotilla_agent_hub_connected gauge",
+            "# TYPE flotilla_agent_apply_queue_depth gauge",
         ] {
             assert!(text.contains(family), "{family} missing from:\n{text}");
         }
@@ -264,5 +275,6 @@ mod tests {
         assert!(text.contains("flotilla_agent_inventory_objects{delivery=\"web\"} 2"));
         assert!(text.contains("flotilla_agent_apply_duration_seconds_count{delivery=\"web\"} 1"));
         assert!(text.contains("flotilla_agent_hub_connected 1"));
+        assert!(text.contains("flotilla_agent_apply_queue_depth 1"));
     }
 }

@@ -410,7 +410,13 @@ impl Reconciler {
         desired: Desired,
         persist: Option<StoredBundle>,
     ) -> Result<Outcome, Error> {
+        // Waiting for the lock is the apply queue: one atomic each way, dropped even when the
+        // caller gives up while waiting.
+        let queued = &self.inner.metrics.apply_queue_depth;
+        queued.inc();
+        let waiting = Dec(queued);
         let _guard = self.inner.apply_lock.lock().await;
+        drop(waiting);
         let d = desired.delivery.clone();
         let outcome = |status, message: String, results, pruned, kept| Outcome {
             delivery: d.clone(),
@@ -906,4 +912,13 @@ fn count(results: &[ObjectResult]) -> [usize; 3] {
         }
     }
     c
+}
+
+/// Decrements a gauge when dropped.
+struct Dec<'a>(&'a prometheus_client::metrics::gauge::Gauge);
+
+impl Drop for Dec<'_> {
+    fn drop(&mut self) {
+        self.0.dec();
+    }
 }

@@ -2,8 +2,9 @@
 //! the harness): a `HelmRelease` from a chart repository served on loopback reaches two clusters
 //! with different per-cluster values; a chart version bump rolls out; a chart version with a
 //! template error gives `BuildFailed` naming chart, template and line while the clusters keep
-//! the last good release. Plus the hook policies on a real `helm template`. Runs with
-//! FLOTILLA_E2E=1.
+//! the last good release. Plus the hook policies on a real `helm template`, and `flotilla diff`
+//! showing a values change of a `HelmRelease` kept in Git, per cluster, before it is merged.
+//! Runs with FLOTILLA_E2E=1.
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -12,7 +13,7 @@ use std::time::Duration;
 
 use anyhow::{Context as _, Result, bail};
 use flotilla_e2e::fleet::{Fleet, WorkloadSpec, tail};
-use flotilla_e2e::{eventually, helm_binary, skip_unless_e2e};
+use flotilla_e2e::{eventually, helm_binary, skip_unless_e2e, workspace_binary};
 use flotilla_hub::api::HelmRelease;
 use flotilla_hub::helm::template::{HookPolicy, Template};
 use k8s_openapi::api::core::v1::ConfigMap;
@@ -478,5 +479,212 @@ async fn helm_hooks_are_refused_skipped_or_applied_first() -> Result<()> {
         })
         .collect();
     assert_eq!(ids, ["Job/rel-migrate", "ConfigMap/rel-settings"]);
+    Ok(())
+}
+
+/// The `HelmRelease` as kept in Git, with `greeting` and `color` as given.
+fn release_yaml(greeting: &str, color: &str) -> String {
+    format!(
+        r#"apiVersion: flotilla.dev/v1alpha1
+kind: HelmRelease
+metadata:
+  name: web
+  namespace: flotilla-system
+spec:
+  chart:
+    name: demo
+    version: "0.1.0"
+    sourceRef:
+      name: local
+  targetNamespace: demo
+  createNamespace: true
+  clusterSelector:
+    matchLabels:
+      fleet.example/apps: enabled
+  values:
+    region: "${{region}}"
+    greeting: "{greeting}"
+    color: {color}
+"#
+    )
+}
+
+fn git(dir: &Path, args: &[&str]) -> Result<String> {
+    run(Command::new("git")
+        .arg("-C")
+        .arg(dir)
+        .args([
+            "-c",
+            "user.name=flotilla-e2e",
+            "-c",
+            "user.email=e2e@flotilla.invalid",
+        ])
+        .args(args))
+}
+
+/// The lines of one cluster's section of a `flotilla diff` report, trimmed.
+fn section<'a>(report: &'a str, cluster: &str) -> Vec<&'a str> {
+    let head = format!("cluster {cluster}");
+    report
+        .lines()
+        .skip_while(|l| *l != head)
+        .skip(1)
+        .take_while(|l| !l.starts_with("cluster ") && l.starts_with(' '))
+        .map(str::trim)
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn flotilla_diff_shows_a_helm_values_change_per_cluster_before_it_is_merged() -> Result<()> {
+    if skip_unless_e2e() {
+        return Ok(());
+    }
+    let helm = helm_binary()?;
+    let work = tempfile::tempdir()?;
+    let repo = work.path().join("charts");
+    std::fs::create_dir_all(&repo)?;
+    let url = serve(repo.clone()).await?;
+    package(
+        &helm,
+        work.path(),
+        &repo,
+        "demo",
+        "0.1.0",
+        &[("settings.yaml", SETTINGS)],
+    )?;
+    index(&helm, &repo, &url)?;
+
+    // The release lives in Git; what is merged is what the hub runs.
+    let checkout = work.path().join("fleet-repo");
+    std::fs::create_dir_all(checkout.join("releases"))?;
+    git(&checkout, &["init", "-q", "-b", "main"])?;
+    let merged = release_yaml("hello ${cluster_name}", "blue");
+    std::fs::write(checkout.join("releases/web.yaml"), &merged)?;
+    git(&checkout, &["add", "."])?;
+    git(&checkout, &["commit", "-q", "-m", "web"])?;
+
+    let fleet = Fleet::start(
+        "helmdiff",
+        &[
+            WorkloadSpec::example("workload-1", "eu"),
+            WorkloadSpec::example("workload-2", "us"),
+        ],
+        &["--helm-binary", &helm.display().to_string()],
+    )
+    .await?;
+    let release: Value = serde_yaml::from_str(&merged)?;
+    fleet
+        .apply(&[
+            json!({"apiVersion": "flotilla.dev/v1alpha1", "kind": "HelmRepository",
+                   "metadata": {"name": "local", "namespace": "flotilla-system"},
+                   "spec": {"url": url, "interval": "2s"}}),
+            release,
+        ])
+        .await?;
+    wait_ready_at(&fleet, "0.1.0").await?;
+
+    let flotilla = |args: &[&str]| -> Result<(i32, String, String)> {
+        let out = Command::new(workspace_binary("flotilla-hub", "flotilla")?)
+            .arg("--kubeconfig")
+            .arg(fleet.mgmt.kubeconfig())
+            .arg("diff")
+            .arg("--path")
+            .arg(&checkout)
+            .arg("--helm-binary")
+            .arg(&helm)
+            .arg("--chart-cache")
+            .arg(work.path().join("cache"))
+            .args(args)
+            .output()?;
+        Ok((
+            out.status.code().unwrap_or(-1),
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        ))
+    };
+
+    // What is merged is what runs: nothing to change.
+    let (code, out, err) = flotilla(&[])?;
+    assert_eq!(code, 0, "stdout:\n{out}\nstderr:\n{err}");
+    assert!(out.ends_with("no changes on 2 cluster(s)\n"), "{out}");
+
+    // A values change in the working tree, not committed, not applied.
+    std::fs::write(
+        checkout.join("releases/web.yaml"),
+        release_yaml("hi ${cluster_name}", "green"),
+    )?;
+    let (code, out, err) = flotilla(&[])?;
+    let dir = Path::new(env!("CARGO_TARGET_TMPDIR")).join("e2e-artifacts/cli");
+    let _ = std::fs::create_dir_all(&dir);
+    let _ = std::fs::write(
+        dir.join("diff-helm.txt"),
+        format!("exit code {code}\n{out}{err}"),
+    );
+    assert_eq!(code, 1, "stdout:\n{out}\nstderr:\n{err}");
+    assert!(err.is_empty(), "{err}");
+    for w in ["workload-1", "workload-2"] {
+        let lines = section(&out, w);
+        assert_eq!(
+            lines.first().copied(),
+            Some(
+                "delivery HelmRelease flotilla-system/web (demo@0.1.0 -> working tree, demo@0.1.0)"
+            ),
+            "{w}:\n{out}"
+        );
+        let changes: Vec<&str> = lines
+            .iter()
+            .copied()
+            .filter(|l| {
+                ["+ created", "~ changed", "- pruned"]
+                    .iter()
+                    .any(|p| l.starts_with(p))
+            })
+            .collect();
+        assert_eq!(
+            changes,
+            ["~ changed  ConfigMap demo/web-settings"],
+            "{w}:\n{out}"
+        );
+        // Exactly the two values, each with this cluster's own substitution.
+        assert!(
+            !lines.iter().any(|l| l.starts_with("note:")),
+            "{w}: the baseline must be exactly the bundle the hub sent:\n{out}"
+        );
+        let mut edits: Vec<&str> = lines
+            .iter()
+            .copied()
+            .filter(|l| {
+                (l.starts_with('-') || l.starts_with('+'))
+                    && !l.starts_with("---")
+                    && !l.starts_with("+++")
+                    && !l.starts_with("- pruned")
+                    && !l.starts_with("+ created")
+            })
+            .collect();
+        edits.sort_unstable();
+        assert_eq!(
+            edits,
+            [
+                "+  color: green".to_owned(),
+                format!("+  greeting: hi {w}"),
+                "-  color: blue".to_owned(),
+                format!("-  greeting: hello {w}"),
+            ],
+            "{w}:\n{out}"
+        );
+        // Before it is merged: the cluster still runs the old values.
+        let data = settings(&fleet, w, "web-settings")
+            .await
+            .context("web-settings")?;
+        assert_eq!(data["greeting"], format!("hello {w}"));
+    }
+    assert!(
+        out.ends_with("0 to create, 2 to change, 0 to prune on 2 of 2 cluster(s)\n"),
+        "{out}"
+    );
+
+    // The committed revision is still what runs.
+    let (code, out, err) = flotilla(&["--revision", "HEAD"])?;
+    assert_eq!(code, 0, "stdout:\n{out}\nstderr:\n{err}");
     Ok(())
 }

@@ -14,8 +14,22 @@ use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
 
 const WAIT: Duration = Duration::from_secs(120);
 
+/// A parsed scrape and the declared type of each family (`# TYPE` lines): prometheus-parse
+/// reads OpenMetrics counters as untyped, so types are checked on the text.
+struct Scraped {
+    parsed: Scrape,
+    types: std::collections::HashMap<String, String>,
+}
+
+impl std::ops::Deref for Scraped {
+    type Target = Scrape;
+    fn deref(&self) -> &Scrape {
+        &self.parsed
+    }
+}
+
 /// `GET /metrics` (HTTP/1.0, so the body ends with the connection), parsed.
-async fn scrape(addr: &str) -> Result<Scrape> {
+async fn scrape(addr: &str) -> Result<Scraped> {
     let mut s = tokio::net::TcpStream::connect(addr)
         .await
         .with_context(|| format!("connecting to {addr}"))?;
@@ -33,7 +47,38 @@ async fn scrape(addr: &str) -> Result<Scrape> {
         body.ends_with("# EOF\n"),
         "the scrape of {addr} is cut short:\n{body}"
     );
-    Scrape::parse(body.lines().map(|l| Ok(l.to_owned()))).context("parsing the scrape")
+    let types = body
+        .lines()
+        .filter_map(|l| l.strip_prefix("# TYPE "))
+        .filter_map(|l| l.split_once(' '))
+        .map(|(name, kind)| (name.to_owned(), kind.to_owned()))
+        .collect();
+    let parsed =
+        Scrape::parse(body.lines().map(|l| Ok(l.to_owned()))).context("parsing the scrape")?;
+    Ok(Scraped { parsed, types })
+}
+
+/// Fails unless the scrape declares `family` with type `kind`.
+fn typed(scrape: &Scraped, family: &str, kind: &str) {
+    assert_eq!(
+        scrape.types.get(family).map(String::as_str),
+        Some(kind),
+        "family {family} of type {kind} missing; families: {:?}",
+        scrape.types
+    );
+}
+
+/// The value of the series `metric` with `labels` (summed when several match); fails when no
+/// such series exists, so a renamed metric cannot pass as zero.
+fn value(scrape: &Scrape, metric: &str, labels: &[(&str, &str)]) -> f64 {
+    assert!(
+        scrape
+            .samples
+            .iter()
+            .any(|s| s.metric == metric && labels.iter().all(|(k, v)| s.labels.get(k) == Some(*v))),
+        "no series {metric} {labels:?} in the scrape"
+    );
+    sum(scrape, metric, labels)
 }
 
 /// The sum of the plain samples named `metric` whose labels include `labels`.
@@ -86,8 +131,39 @@ async fn a_metrics_scrape_of_the_hub_and_its_agents_parses() -> Result<()> {
         (sum(&s, "flotilla_hub_connected_agents", &[]) == 2.0).then_some(s)
     })
     .await?;
+    for (family, kind) in [
+        ("flotilla_hub_connected_agents", "gauge"),
+        ("flotilla_hub_acks", "counter"),
+        ("flotilla_hub_bundles_published", "counter"),
+        ("flotilla_hub_render_duration_seconds", "histogram"),
+        ("flotilla_hub_bundle_size_bytes", "histogram"),
+        ("flotilla_hub_reconcile_duration_seconds", "histogram"),
+        ("flotilla_hub_agent_queue_depth", "gauge"),
+        ("flotilla_hub_agent_queue_depth_max", "gauge"),
+        ("flotilla_hub_controller_queue_depth", "gauge"),
+    ] {
+        typed(&hub, family, kind);
+    }
+    // Settled: both deliveries are ready at HEAD on both clusters, so nothing waits to be sent
+    // or published.
+    assert_eq!(value(&hub, "flotilla_hub_agent_queue_depth", &[]), 0.0);
+    assert_eq!(value(&hub, "flotilla_hub_agent_queue_depth_max", &[]), 0.0);
+    assert_eq!(
+        value(
+            &hub,
+            "flotilla_hub_controller_queue_depth",
+            &[("controller", "deliveries")]
+        ),
+        0.0
+    );
+    let helm_queue = value(
+        &hub,
+        "flotilla_hub_controller_queue_depth",
+        &[("controller", "helm")],
+    );
+    assert!(helm_queue >= 0.0, "helm queue {helm_queue}");
     for delivery in ["infrastructure", "apps"] {
-        let acks = sum(
+        let acks = value(
             &hub,
             "flotilla_hub_acks_total",
             &[("delivery", delivery), ("outcome", "applied")],
@@ -96,7 +172,7 @@ async fn a_metrics_scrape_of_the_hub_and_its_agents_parses() -> Result<()> {
             acks >= 2.0,
             "{delivery}: {acks} applied acks, want one per cluster"
         );
-        let published = sum(
+        let published = value(
             &hub,
             "flotilla_hub_bundles_published_total",
             &[("delivery", delivery)],
@@ -106,6 +182,7 @@ async fn a_metrics_scrape_of_the_hub_and_its_agents_parses() -> Result<()> {
             "{delivery}: {published} bundles published"
         );
     }
+    // No rejected series at all is the healthy state; the family itself is checked above.
     assert_eq!(
         sum(&hub, "flotilla_hub_acks_total", &[("outcome", "rejected")]),
         0.0
@@ -125,12 +202,28 @@ async fn a_metrics_scrape_of_the_hub_and_its_agents_parses() -> Result<()> {
     for w in &fleet.workloads {
         let agent = scrape(&w.metrics).await?;
         let name = &w.spec.name;
-        let created = sum(
+        // (`flotilla_agent_drift_events` has no series, hence no family, until a first drift.)
+        for (family, kind) in [
+            ("flotilla_agent_apply_results", "counter"),
+            ("flotilla_agent_apply_duration_seconds", "histogram"),
+            ("flotilla_agent_inventory_objects", "gauge"),
+            ("flotilla_agent_hub_connected", "gauge"),
+            ("flotilla_agent_apply_queue_depth", "gauge"),
+        ] {
+            typed(&agent, family, kind);
+        }
+        assert_eq!(
+            value(&agent, "flotilla_agent_apply_queue_depth", &[]),
+            0.0,
+            "{name}: applies still waiting once ready"
+        );
+        let created = value(
             &agent,
             "flotilla_agent_apply_results_total",
             &[("action", "created")],
         );
         assert!(created > 0.0, "{name}: no object created");
+        // No failed series at all is the healthy state; the family is checked above.
         assert_eq!(
             sum(
                 &agent,
@@ -141,11 +234,11 @@ async fn a_metrics_scrape_of_the_hub_and_its_agents_parses() -> Result<()> {
             "{name}"
         );
         assert_eq!(
-            sum(&agent, "flotilla_agent_hub_connected", &[]),
+            value(&agent, "flotilla_agent_hub_connected", &[]),
             1.0,
             "{name}"
         );
-        let inventory = sum(
+        let inventory = value(
             &agent,
             "flotilla_agent_inventory_objects",
             &[("delivery", "apps")],

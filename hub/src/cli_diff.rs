@@ -14,6 +14,9 @@
 //! created, what only the baseline has is pruned (or kept, when the delivery does not prune),
 //! and objects that differ are shown as a unified diff of their YAML with Secret values
 //! masked. Exit code: 0 no change, 1 changes, 2 error.
+//!
+//! `HelmRelease` manifests in the proposal are compared the same way, per cluster, with what
+//! the hub last sent of the release (see [`helm`]).
 
 use std::collections::{BTreeMap, HashMap};
 use std::fmt;
@@ -24,7 +27,7 @@ use anyhow::{Context as _, anyhow, bail};
 use kube::{Api, ResourceExt as _};
 use serde_json::Value;
 
-use crate::api::{Cluster, Delivery, GitSource};
+use crate::api::{Cluster, Delivery, GitSource, HelmRelease};
 use crate::cli_cluster::HubArgs;
 use crate::controller::deliveries::{bundle_digest, render_input, render_tree, targets};
 use crate::controller::util::short_revision;
@@ -55,6 +58,35 @@ pub struct DiffArgs {
     /// Only deliveries of this namespace.
     #[arg(short, long)]
     pub namespace: Option<String>,
+    /// The `helm` binary that renders `HelmRelease` charts (`helm template`), as the hub's.
+    #[arg(long, env = "FLOTILLA_HELM_BINARY", default_value = "helm")]
+    pub helm_binary: PathBuf,
+    /// Kubernetes version charts are rendered for unless a `HelmRelease` sets
+    /// `spec.kubeVersion`; keep it equal to the hub's `--helm-kube-version`.
+    #[arg(long, env = "FLOTILLA_HELM_KUBE_VERSION", default_value = crate::helm::DEFAULT_KUBE_VERSION)]
+    pub helm_kube_version: String,
+    /// Where chart archives are cached by digest (default: `$XDG_CACHE_HOME/flotilla/charts`,
+    /// else `~/.cache/flotilla/charts`).
+    #[arg(long, value_name = "DIR")]
+    pub chart_cache: Option<PathBuf>,
+}
+
+impl DiffArgs {
+    /// How charts are fetched and rendered: like the hub, into the local chart cache.
+    fn helm_config(&self) -> crate::helm::HelmConfig {
+        let cache_root = std::env::var_os("XDG_CACHE_HOME")
+            .map(PathBuf::from)
+            .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cache")))
+            .unwrap_or_else(std::env::temp_dir)
+            .join("flotilla");
+        let mut config = crate::helm::HelmConfig::new(&cache_root);
+        if let Some(c) = &self.chart_cache {
+            config.cache = c.clone();
+        }
+        config.binary = self.helm_binary.clone();
+        config.kube_version = self.helm_kube_version.clone();
+        config
+    }
 }
 
 /// An object's identity: the same key in two renders is the same object in the cluster.
@@ -422,10 +454,33 @@ pub async fn compute(hub: &HubArgs, args: &DiffArgs) -> anyhow::Result<Outcome> 
         };
         matches(&args.delivery, &d.name_any()) && matches(&args.source, &d.spec.source_ref.name)
     });
-    if deliveries.is_empty() {
-        bail!("no delivery matches (see `flotilla get deliveries -A`)");
+    // HelmReleases kept in the repository (a GitSource filter leaves them out: they have none).
+    let mut releases: Vec<helm::Found> = if args.source.is_some() {
+        Vec::new()
+    } else {
+        helm::releases_in(&*proposal)?
+    };
+    releases.retain(|f| {
+        let ns = f.release.namespace().unwrap_or_default();
+        args.namespace.as_deref().is_none_or(|n| n == ns)
+            && args.delivery.as_deref().is_none_or(|r| {
+                let (rns, rname) = split_ref(r);
+                rname == f.release.name_any() && rns.is_none_or(|x| x == ns)
+            })
+    });
+    let live_releases: Vec<HelmRelease> = if releases.is_empty() {
+        Vec::new()
+    } else {
+        Api::<HelmRelease>::all(client.clone())
+            .list(&Default::default())
+            .await
+            .context("listing HelmRelease resources")?
+            .items
+    };
+    if deliveries.is_empty() && releases.is_empty() {
+        bail!("no delivery or HelmRelease matches (see `flotilla get deliveries -A`)");
     }
-    if !named {
+    if !named && !deliveries.is_empty() {
         // Only the deliveries whose source follows this repository: the source's current
         // commit must be here.
         deliveries.retain(|d| {
@@ -455,7 +510,7 @@ pub async fn compute(hub: &HubArgs, args: &DiffArgs) -> anyhow::Result<Outcome> 
             }
             here
         });
-        if deliveries.is_empty() {
+        if deliveries.is_empty() && releases.is_empty() {
             bail!(
                 "no delivery follows the repository at {}: {}",
                 args.path.display(),
@@ -477,6 +532,8 @@ pub async fn compute(hub: &HubArgs, args: &DiffArgs) -> anyhow::Result<Outcome> 
     sorted.sort_by_key(|c| c.name_any());
 
     let mut baselines: HashMap<String, Snapshot> = HashMap::new();
+    let helm_config = args.helm_config();
+    let mut builder = helm::Builder::new(&client, &helm_config);
     for c in sorted {
         let cname = c.name_any();
         let mut entry = ClusterDiff {
@@ -502,6 +559,24 @@ pub async fn compute(hub: &HubArgs, args: &DiffArgs) -> anyhow::Result<Outcome> 
             ) {
                 Ok(dd) => entry.deliveries.push(dd),
                 Err(e) => outcome.errors.push(format!("{what}: {e:#}")),
+            }
+        }
+        if cluster_state(c) == ClusterState::Accepted {
+            for f in &releases {
+                let ns = f.release.namespace().unwrap_or_default();
+                let live = live_releases.iter().find(|l| {
+                    l.namespace().as_deref() == Some(ns.as_str())
+                        && l.name_any() == f.release.name_any()
+                });
+                match builder.diff(&f.release, live, c, &to).await {
+                    None => {}
+                    Some(Ok(dd)) => entry.deliveries.push(dd),
+                    Some(Err(e)) => outcome.errors.push(format!(
+                        "{} ({}), cluster {cname}: {e:#}",
+                        helm::label(&f.release),
+                        f.file
+                    )),
+                }
             }
         }
         if !entry.deliveries.is_empty() {
@@ -626,6 +701,7 @@ fn diff_one(
     })
 }
 
+pub mod helm;
 mod lines;
 
 #[cfg(test)]

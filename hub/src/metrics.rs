@@ -60,6 +60,13 @@ pub struct HubMetrics {
     pub bundles_published: Family<DeliveryLabels, Counter>,
     /// Acknowledgements received from agents, per delivery and outcome.
     pub acks: Family<AckLabels, Counter>,
+    /// Bundles queued for connected agents and not yet being sent, summed over agents (set
+    /// when scraped).
+    pub agent_queue_depth: Gauge,
+    /// The deepest single agent queue (set when scraped).
+    pub agent_queue_depth_max: Gauge,
+    /// Work a controller holds after its last pass, per controller.
+    pub controller_queue_depth: Family<ControllerLabels, Gauge>,
 }
 
 impl fmt::Debug for HubMetrics {
@@ -120,6 +127,25 @@ impl HubMetrics {
             "Acknowledgements received from agents, per delivery and outcome",
             acks.clone(),
         );
+        let agent_queue_depth = Gauge::default();
+        registry.register(
+            "agent_queue_depth",
+            "Bundles queued for connected agents and not yet being sent, summed over agents",
+            agent_queue_depth.clone(),
+        );
+        let agent_queue_depth_max = Gauge::default();
+        registry.register(
+            "agent_queue_depth_max",
+            "Bundles queued for the agent with the deepest queue",
+            agent_queue_depth_max.clone(),
+        );
+        let controller_queue_depth = Family::<ControllerLabels, Gauge>::default();
+        registry.register(
+            "controller_queue_depth",
+            "Work a controller holds after its last pass: renders waiting to be published \
+             (deliveries), chart index reads and downloads under way (helm)",
+            controller_queue_depth.clone(),
+        );
         Self {
             registry: std::sync::Arc::new(registry),
             reconcile_duration,
@@ -128,7 +154,19 @@ impl HubMetrics {
             connected_agents,
             bundles_published,
             acks,
+            agent_queue_depth,
+            agent_queue_depth_max,
+            controller_queue_depth,
         }
+    }
+
+    /// Sets the work `controller` holds after a pass.
+    pub fn set_controller_queue(&self, controller: &str, depth: usize) {
+        self.controller_queue_depth
+            .get_or_create(&ControllerLabels {
+                controller: controller.to_owned(),
+            })
+            .set(depth as i64);
     }
 
     /// Records one reconcile pass of `controller`.
@@ -190,6 +228,10 @@ pub fn router(hub: crate::delivery::Hub) -> axum::Router {
             async move {
                 let m = hub.metrics();
                 m.connected_agents.set(hub.connected_count() as i64);
+                // Read here, not counted on the publish path: the fan-out pays nothing.
+                let (total, max) = hub.agent_queue_depths();
+                m.agent_queue_depth.set(total as i64);
+                m.agent_queue_depth_max.set(max as i64);
                 ([(http::header::CONTENT_TYPE, CONTENT_TYPE)], m.encode())
             }
         }),
@@ -209,6 +251,9 @@ mod tests {
         m.acked("web", "applied");
         m.acked("web", "applied");
         m.connected_agents.set(2);
+        m.agent_queue_depth.set(3);
+        m.agent_queue_depth_max.set(2);
+        m.set_controller_queue("deliveries", 4);
         let text = m.encode();
         for family in [
             "# TYPE flotilla_hub_reconcile_duration_seconds histogram",
@@ -217,11 +262,17 @@ mod tests {
             "# TYPE flotilla_hub_connected_agents gauge",
             "# TYPE flotilla_hub_bundles_published counter",
             "# TYPE flotilla_hub_acks counter",
+            "# TYPE flotilla_hub_agent_queue_depth gauge",
+            "# TYPE flotilla_hub_agent_queue_depth_max gauge",
+            "# TYPE flotilla_hub_controller_queue_depth gauge",
         ] {
             assert!(text.contains(family), "{family} missing from:\n{text}");
         }
         assert!(text.contains("flotilla_hub_acks_total{delivery=\"web\",outcome=\"applied\"} 2"));
         assert!(text.contains("flotilla_hub_connected_agents 2"));
+        assert!(text.contains("flotilla_hub_agent_queue_depth 3"));
+        assert!(text.contains("flotilla_hub_agent_queue_depth_max 2"));
+        assert!(text.contains("flotilla_hub_controller_queue_depth{controller=\"deliveries\"} 4"));
         assert!(text.contains(
             "flotilla_hub_reconcile_duration_seconds_count{controller=\"deliveries\"} 1"
         ));

@@ -44,3 +44,12 @@ app.kubernetes.io/instance: {{ .Release.Name }}
 {{- define "flotilla-agent.tokenSecret" -}}
 {{- default (printf "%s-bootstrap" (include "flotilla-agent.fullname" .)) .Values.bootstrapToken.existingSecret }}
 {{- end }}
+
+{{/* The port of metrics.listen (HOST:PORT). */}}
+{{- define "flotilla-agent.metricsPort" -}}
+{{- $port := .Values.metrics.listen | toString | splitList ":" | last -}}
+{{- if not (regexMatch "^[0-9]+$" $port) -}}
+{{- fail (printf "metrics.listen must be HOST:PORT, got %q" (toString .Values.metrics.listen)) -}}
+{{- end -}}
+{{- $port -}}
+{{- end }}

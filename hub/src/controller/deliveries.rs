@@ -71,7 +71,7 @@ impl Kind<'_> {
 
 /// A `HelmRelease` seen as the `Delivery` it behaves like (same targeting, timing, dependsOn
 /// and suspend; always forced, drift corrected), so both share one reconcile path.
-fn helm_as_delivery(hr: &HelmRelease) -> Delivery {
+pub fn helm_as_delivery(hr: &HelmRelease) -> Delivery {
     let s = &hr.spec;
     let mut d = Delivery::new(
         &hr.name_any(),
@@ -383,6 +383,15 @@ impl Deliveries {
                 registry.announce_revoked(&name);
             }
         }
+    }
+
+    /// Renders waiting to be published (held back by `dependsOn` or the rollout), over every
+    /// delivery and cluster.
+    pub fn queued(&self) -> usize {
+        self.slots
+            .values()
+            .filter(|s| s.candidate.is_some())
+            .count()
     }
 
     /// Renders, gates and publishes every delivery for every targeted cluster, and computes

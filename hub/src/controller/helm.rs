@@ -175,6 +175,16 @@ impl Charts {
         }
     }
 
+    /// Index reads and chart downloads under way.
+    pub fn in_flight(&self) -> usize {
+        let repos = lock(&self.repos).values().filter(|r| r.in_flight).count();
+        let archives = lock(&self.archives)
+            .values()
+            .filter(|a| matches!(a, ArchiveState::InFlight))
+            .count();
+        repos + archives
+    }
+
     /// Starts index reads that are due and returns each repository's status.
     pub fn sync(
         &mut self,
@@ -517,22 +527,7 @@ impl Charts {
         {
             return v.result.clone().map_err(NotBuilt::Failed);
         }
-        let mut merged = Value::Object(Default::default());
-        let mut result = Ok(());
-        for r in &hr.spec.values_from {
-            match read_values(&self.client, ns, r).await {
-                Ok(Some(v)) => template::merge_values(&mut merged, v),
-                Ok(None) => {}
-                Err(e) => {
-                    result = Err(e);
-                    break;
-                }
-            }
-        }
-        if let Some(v) = &hr.spec.values {
-            template::merge_values(&mut merged, v.clone());
-        }
-        let result = result.map(|()| merged);
+        let result = gather_values(&self.client, ns, hr).await;
         self.values.insert(
             k.to_owned(),
             ValuesState {
@@ -543,6 +538,85 @@ impl Charts {
         );
         result.map_err(NotBuilt::Failed)
     }
+}
+
+/// `valuesFrom` (read from the management cluster, in order) merged with `values`.
+async fn gather_values(client: &Client, ns: &str, hr: &HelmRelease) -> Result<Value, String> {
+    let mut merged = Value::Object(Default::default());
+    for r in &hr.spec.values_from {
+        if let Some(v) = read_values(client, ns, r).await? {
+            template::merge_values(&mut merged, v);
+        }
+    }
+    if let Some(v) = &hr.spec.values {
+        template::merge_values(&mut merged, v.clone());
+    }
+    Ok(merged)
+}
+
+/// Builds `hr` once, outside the controller (for `flotilla diff`), as the controller would:
+/// its `HelmRepository` and credentials read from the management cluster, the chart version
+/// resolved (`version` overrides the release's range: the exact version a cluster runs), the
+/// archive taken from `config.cache` or downloaded into it (cached by digest, checked against
+/// the index), values gathered. Errors name the release, repository and chart.
+pub async fn build_once(
+    client: &Client,
+    config: &HelmConfig,
+    hr: &HelmRelease,
+    version: Option<&str>,
+) -> Result<HelmBuild, String> {
+    let ns = hr.namespace().unwrap_or_else(|| "default".into());
+    let spec = &hr.spec;
+    let what = format!("HelmRelease {ns}/{}", hr.name_any());
+    let hooks = HookPolicy::parse(spec.hooks.as_deref()).map_err(|e| format!("{what}: {e}"))?;
+    if spec.chart.name.trim().is_empty() {
+        return Err(format!("{what}: spec.chart.name is empty"));
+    }
+    let repo_name = &spec.chart.source_ref.name;
+    let repository = Api::<HelmRepository>::namespaced(client.clone(), &ns)
+        .get_opt(repo_name)
+        .await
+        .map_err(|e| format!("reading HelmRepository {ns}/{repo_name}: {e}"))?
+        .ok_or_else(|| format!("{what}: HelmRepository {ns}/{repo_name} does not exist"))?;
+    let url = repository.spec.url.trim().to_owned();
+    let access = read_access(client, &ns, &repository).await?;
+    let range = version.or(spec.chart.version.as_deref());
+    let archive = if url.starts_with("oci://") {
+        repo::pull_oci(
+            &config.binary,
+            &url,
+            &spec.chart.name,
+            range,
+            &access,
+            &config.cache,
+        )
+        .await
+        .map_err(|e| e.to_string())?
+    } else {
+        let (index, _) = repo::fetch_index(&url, &access)
+            .await
+            .map_err(|e| e.to_string())?;
+        let v = index
+            .resolve(&url, &spec.chart.name, range)
+            .map_err(|e| e.to_string())?;
+        repo::download(&url, &v, &access, &config.cache)
+            .await
+            .map_err(|e| e.to_string())?
+    };
+    let values = gather_values(client, &ns, hr).await?;
+    Ok(HelmBuild {
+        archive,
+        release_name: spec.release_name.clone().unwrap_or_else(|| hr.name_any()),
+        namespace: spec.target_namespace.clone().unwrap_or_else(|| ns.clone()),
+        kube_version: spec
+            .kube_version
+            .clone()
+            .unwrap_or_else(|| config.kube_version.clone()),
+        hooks,
+        create_namespace: spec.create_namespace,
+        values,
+        helm: config.binary.clone(),
+    })
 }
 
 /// One `valuesFrom` entry: `None` when optional and missing.

@@ -40,7 +40,7 @@ use crate::fleet::KubeRegistry;
 use crate::source::GitCache;
 
 pub use deliveries::Deliveries;
-pub use helm::{BuildResult, Charts, HelmBuild, NotBuilt};
+pub use helm::{BuildResult, Charts, HelmBuild, NotBuilt, build_once};
 pub use sources::Sources;
 
 /// The reflector caches of the hub's resources.
@@ -367,6 +367,8 @@ impl Controller {
         for (c, status) in outcome.clusters {
             write_status(&self.client, c.as_ref(), &c.status, &status).await;
         }
+        metrics.set_controller_queue("deliveries", self.deliveries.queued());
+        metrics.set_controller_queue("helm", self.charts.in_flight());
     }
 }
 

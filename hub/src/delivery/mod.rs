@@ -543,6 +543,15 @@ impl Hub {
         self.inner.agents.len()
     }
 
+    /// Bundles queued for connected agents and not yet being sent: (sum over agents, deepest
+    /// queue). Walks the agents (for a scrape), so publishing counts nothing.
+    pub fn agent_queue_depths(&self) -> (usize, usize) {
+        self.inner.agents.iter().fold((0, 0), |(total, max), conn| {
+            let n = conn.queued_bundles();
+            (total + n, max.max(n))
+        })
+    }
+
     /// What the cluster's agent last acknowledged for a delivery.
     pub fn ack(&self, cluster: &str, delivery: &str) -> Option<AckRecord> {
         self.inner

@@ -53,6 +53,11 @@ impl AgentConn {
         self.pending.lock().unwrap_or_else(|e| e.into_inner())
     }
 
+    /// Bundles queued and not yet taken by the stream's task.
+    pub(super) fn queued_bundles(&self) -> usize {
+        self.lock().bundles.len()
+    }
+
     /// Queues a bundle, replacing an unsent older one for the same delivery.
     pub(super) fn offer_bundle(&self, bundle: Arc<Sealed>) {
         {
