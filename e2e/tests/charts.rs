@@ -286,6 +286,22 @@ fn command(bin: &Path, pod: &LocalPod) -> Command {
     cmd
 }
 
+/// `GET http://127.0.0.1:PORT/metrics`, the body.
+async fn scrape_metrics(port: u16) -> Result<String> {
+    use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+    let mut s = tokio::net::TcpStream::connect(("127.0.0.1", port))
+        .await
+        .with_context(|| format!("connecting to the agent's metrics port {port}"))?;
+    s.write_all(b"GET /metrics HTTP/1.0\r\nHost: localhost\r\n\r\n")
+        .await?;
+    let mut buf = Vec::new();
+    s.read_to_end(&mut buf).await?;
+    let text = String::from_utf8(buf)?;
+    let (head, body) = text.split_once("\r\n\r\n").context("no HTTP header end")?;
+    anyhow::ensure!(head.contains(" 200 "), "GET /metrics: {head}");
+    Ok(body.to_owned())
+}
+
 fn free_port() -> Result<u16> {
     Ok(std::net::TcpListener::bind("127.0.0.1:0")?
         .local_addr()?
@@ -372,7 +388,9 @@ async fn charts_install_and_their_identities_run_the_loop() -> Result<()> {
         String::from_utf8_lossy(&out.stderr)
     );
 
-    // The agent chart with the hub's CA and the token, as the install guide says.
+    // The agent chart with the hub's CA and the token, as the install guide says, and its
+    // metrics on (on loopback: the agent runs on this host).
+    let metrics_port = free_port()?;
     let agent_docs = helm_template(
         "flotilla-agent",
         "flotilla-agent",
@@ -381,6 +399,8 @@ async fn charts_install_and_their_identities_run_the_loop() -> Result<()> {
             format!("hub.url=https://127.0.0.1:{del}"),
             format!("hub.registrationUrl=https://127.0.0.1:{reg}"),
             format!("clusterName={}", spec.name),
+            "metrics.enabled=true".to_owned(),
+            format!("metrics.listen=127.0.0.1:{metrics_port}"),
         ],
         &[
             format!("hub.caCert={}", wdir.join("ca.crt").display()),
@@ -459,6 +479,24 @@ async fn charts_install_and_their_identities_run_the_loop() -> Result<()> {
         cluster.status.is_some(),
         "Cluster {} has no status",
         spec.name
+    );
+
+    // The chart's --metrics-listen serves the agent's metrics, on the port its Service targets.
+    let service = agent_docs
+        .iter()
+        .find(|d| d["kind"] == "Service")
+        .context("the agent chart renders no metrics Service")?;
+    assert_eq!(service["spec"]["ports"][0]["port"], metrics_port);
+    let scrape = scrape_metrics(metrics_port).await?;
+    assert!(
+        scrape
+            .lines()
+            .any(|l| l == "flotilla_agent_hub_connected 1"),
+        "the agent's scrape shows no open hub stream:\n{scrape}"
+    );
+    assert!(
+        scrape.contains("# TYPE flotilla_agent_apply_queue_depth gauge"),
+        "{scrape}"
     );
 
     // Nothing was refused to either identity along the way.

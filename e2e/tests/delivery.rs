@@ -488,3 +488,114 @@ async fn certificate_renews_before_expiry_without_dropping_the_stream() -> anyho
     b.stop.cancel();
     hub.stop().await
 }
+
+/// Opens a Delivery stream as `cluster` with a Hello that accepts `encodings`, and returns the
+/// chunks of the first bundle the hub sends.
+async fn first_bundle_chunks(
+    endpoint: &HubEndpoint,
+    ca: &HubCa,
+    cluster: &str,
+    encodings: Vec<i32>,
+) -> anyhow::Result<Vec<flotilla_proto::pb::BundleChunk>> {
+    use flotilla_proto::pb;
+    use tonic::transport::{Certificate, ClientTlsConfig, Endpoint, Identity};
+    let key = rcgen::KeyPair::generate()?;
+    let csr = rcgen::CertificateParams::default().serialize_request(&key)?;
+    let cert = ca.issue_client(
+        cluster,
+        csr.der(),
+        std::time::SystemTime::now(),
+        Duration::from_secs(600),
+    )?;
+    let tls = ClientTlsConfig::new()
+        .ca_certificate(Certificate::from_pem(&endpoint.ca_pem))
+        .domain_name("localhost")
+        .identity(Identity::from_pem(pem(&cert), key.serialize_pem()));
+    let channel = Endpoint::from_shared(endpoint.url.clone())?
+        .tls_config(tls)?
+        .connect()
+        .await?;
+    let hello = pb::AgentMessage {
+        kind: Some(pb::agent_message::Kind::Hello(pb::Hello {
+            protocol: Some(flotilla_proto::PROTOCOL_VERSION),
+            cluster_id: cluster.into(),
+            accept_payload_encodings: encodings,
+            ..Default::default()
+        })),
+    };
+    // The request stream stays open (no end after Hello) until this function returns.
+    let (tx, rx) = tokio::sync::mpsc::channel(1);
+    tx.send(hello).await?;
+    let mut client = pb::delivery_client::DeliveryClient::new(channel);
+    let mut inbound = client
+        .connect(tokio_stream::wrappers::ReceiverStream::new(rx))
+        .await?
+        .into_inner();
+    let mut chunks = Vec::new();
+    loop {
+        let m = tokio::time::timeout(WAIT, inbound.message())
+            .await
+            .context("no bundle in time")??
+            .context("stream ended before a bundle")?;
+        if let Some(pb::hub_message::Kind::Bundle(c)) = m.kind {
+            let last = c.index + 1 == c.count;
+            chunks.push(c);
+            if last {
+                return Ok(chunks);
+            }
+        }
+    }
+}
+
+#[tokio::test]
+async fn payload_encoding_is_negotiated_per_agent() -> anyhow::Result<()> {
+    use flotilla_proto::convert::Reassembler;
+    use flotilla_proto::pb::PayloadEncoding;
+    let (hub, ca) = start_with_ca(Config::default()).await?;
+    hub.accepted_cluster("eu-1").await?;
+    hub.hub
+        .publish("eu-1", "apps", "r1", &objects("eu-1", "r1", 20))?;
+
+    // An agent of protocol 1.0 lists no encodings: it gets the payload as it is.
+    let plain = first_bundle_chunks(&hub.delivery, &ca, "eu-1", Vec::new()).await?;
+    let header = plain[0]
+        .header
+        .clone()
+        .context("first chunk has the header")?;
+    assert_eq!(header.payload_encoding(), PayloadEncoding::Identity);
+    let sent: usize = plain.iter().map(|c| c.data.len()).sum();
+    assert_eq!(sent as u64, header.payload_size);
+
+    // One that accepts zstd gets fewer bytes on the wire, and the same signed bundle.
+    let packed = first_bundle_chunks(
+        &hub.delivery,
+        &ca,
+        "eu-1",
+        vec![PayloadEncoding::Zstd as i32],
+    )
+    .await?;
+    let header = packed[0]
+        .header
+        .clone()
+        .context("first chunk has the header")?;
+    assert_eq!(header.payload_encoding(), PayloadEncoding::Zstd);
+    let sent_packed: usize = packed.iter().map(|c| c.data.len()).sum();
+    assert!(
+        sent_packed * 2 < sent,
+        "zstd sent {sent_packed} bytes for a {sent}-byte payload"
+    );
+
+    let reassemble = |chunks: Vec<flotilla_proto::pb::BundleChunk>| {
+        let mut r = Reassembler::default();
+        let mut out = None;
+        for c in chunks {
+            out = r.push(c)?;
+        }
+        out.context("bundle incomplete")
+    };
+    let (a, b) = (reassemble(plain)?, reassemble(packed)?);
+    assert_eq!(a, b, "both encodings carry the same signed bundle");
+    let latest = hub.hub.latest("eu-1", "apps").context("bundle stored")?;
+    assert_eq!(a, *latest);
+    hub.stop().await
+}

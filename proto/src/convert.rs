@@ -136,6 +136,24 @@ pub const COMPRESS_MIN_SIZE: usize = 512;
 thread_local! {
     static COMPRESSOR: std::cell::RefCell<Option<zstd::bulk::Compressor<'static>>> =
         const { std::cell::RefCell::new(None) };
+    // One decompression context per thread: creating one per bundle cost more than decoding a
+    // small bundle (an agent process of the fanout benchmark serves thousands of streams).
+    static DECOMPRESSOR: std::cell::RefCell<Option<zstd::bulk::Decompressor<'static>>> =
+        const { std::cell::RefCell::new(None) };
+}
+
+/// Decodes one zstd frame into at most `limit` bytes.
+fn decompress_payload(frame: &[u8], limit: usize) -> std::io::Result<Vec<u8>> {
+    DECOMPRESSOR.with(|cell| {
+        let mut cell = cell.borrow_mut();
+        if cell.is_none() {
+            *cell = Some(zstd::bulk::Decompressor::new()?);
+        }
+        match cell.as_mut() {
+            Some(d) => d.decompress(frame, limit),
+            None => zstd::bulk::decompress(frame, limit),
+        }
+    })
 }
 
 /// Compresses a bundle payload for the wire: one zstd frame with its size recorded, made once
@@ -290,7 +308,7 @@ impl Reassembler {
             pb::PayloadEncoding::Identity => buf.freeze(),
             // The decoder stops at the announced size: a frame that inflates further is refused
             // before it can use more memory.
-            pb::PayloadEncoding::Zstd => zstd::bulk::decompress(&buf, header.payload_size as usize)
+            pb::PayloadEncoding::Zstd => decompress_payload(&buf, header.payload_size as usize)
                 .map(Bytes::from)
                 .map_err(|source| Error::Encoding {
                     encoding: "zstd".into(),

@@ -590,6 +590,9 @@ impl<S: BundleSink> Agent<S> {
         let mut heartbeat = tokio::time::interval(interval);
         heartbeat.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let mut last_heard = tokio::time::Instant::now();
+        // A heartbeat is skipped when an ack or report went out within half the interval: the hub
+        // still hears from this agent at least every 1.5 intervals (it gives up after three).
+        let mut last_sent = tokio::time::Instant::now();
         let renew = tokio::time::sleep(self.renew_after());
         tokio::pin!(renew);
         let mut reassembler = convert::Reassembler::default();
@@ -599,10 +602,11 @@ impl<S: BundleSink> Agent<S> {
                 msg = inbound.message() => {
                     let Some(msg) = msg? else { return Ok(()) };
                     last_heard = tokio::time::Instant::now();
-                    if let Some(ack) = self.handle(msg, &mut reassembler).await
-                        && tx.send(ack).await.is_err()
-                    {
-                        return Ok(());
+                    if let Some(ack) = self.handle(msg, &mut reassembler).await {
+                        if tx.send(ack).await.is_err() {
+                            return Ok(());
+                        }
+                        last_sent = tokio::time::Instant::now();
                     }
                 }
                 _ = self.reports.inner.1.notified() => {
@@ -618,11 +622,16 @@ impl<S: BundleSink> Agent<S> {
                         self.reports.put_back(unsent);
                         return Ok(());
                     }
+                    last_sent = tokio::time::Instant::now();
                 }
                 _ = heartbeat.tick() => {
                     if last_heard.elapsed() > interval * 3 {
                         return Err(Error::HeartbeatTimeout(interval * 3));
                     }
+                    if last_sent.elapsed() < interval / 2 {
+                        continue;
+                    }
+                    last_sent = tokio::time::Instant::now();
                     let beat = pb::AgentMessage {
                         kind: Some(pb::agent_message::Kind::Heartbeat(pb::Heartbeat {
                             unix_millis: unix_now() * 1000,

@@ -172,8 +172,8 @@ pub async fn run_hub(args: FanoutHubArgs) -> anyhow::Result<()> {
                     .filter(|(i, seq)| {
                         **seq > 0
                             && hub
-                                .ack(&cluster_name(*i), DELIVERY)
-                                .is_some_and(|a| a.sequence >= **seq)
+                                .acked_sequence(&cluster_name(*i), DELIVERY)
+                                .is_some_and(|a| a >= **seq)
                     })
                     .count();
                 let (cpu, rss) = self_usage();

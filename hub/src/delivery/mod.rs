@@ -571,6 +571,15 @@ impl Hub {
             .map(|a| a.clone())
     }
 
+    /// The sequence the cluster's agent last acknowledged for a delivery, without copying the
+    /// per-object results (cheap enough to poll across thousands of clusters).
+    pub fn acked_sequence(&self, cluster: &str, delivery: &str) -> Option<u64> {
+        self.inner
+            .acks
+            .get(&(cluster.to_owned(), delivery.to_owned()))
+            .map(|a| a.sequence)
+    }
+
     /// What the cluster's agent last reported for a delivery.
     pub fn report(&self, cluster: &str, delivery: &str) -> Option<ReportRecord> {
         self.inner

@@ -258,6 +258,10 @@ async fn run(
     let mut heartbeat = tokio::time::interval(interval);
     heartbeat.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut last_heard = tokio::time::Instant::now();
+    // Heartbeats only keep an idle stream alive: one is skipped when anything else was sent
+    // within half the interval, so the agent still hears from the hub at least every 1.5 intervals
+    // (it gives up after three) and a busy hub does not send 10,000 of them per interval.
+    let mut last_sent = tokio::time::Instant::now();
     let end: Option<Status> = loop {
         let wake = conn.wake.notified();
         let mut wake = pin!(wake);
@@ -281,11 +285,16 @@ async fn run(
                 if let Some(status) = drain(&hub, &cluster, &conn, zstd, &mut sent, &tx).await {
                     break status;
                 }
+                last_sent = tokio::time::Instant::now();
             }
             _ = heartbeat.tick() => {
                 if last_heard.elapsed() > interval * 3 {
                     break Some(Status::unavailable("agent missed three heartbeats"));
                 }
+                if last_sent.elapsed() < interval / 2 {
+                    continue;
+                }
+                last_sent = tokio::time::Instant::now();
                 let beat = pb::hub_message::Kind::Heartbeat(pb::Heartbeat { unix_millis: unix_millis() });
                 if let Sent::Gone = send(&tx, beat).await {
                     break None;
