@@ -223,6 +223,20 @@ mod tests {
     use super::*;
 
     #[test]
+    fn without_an_exporter_no_span_is_made_and_no_context_carried() {
+        assert!(!traces_enabled());
+        let span = crate::span!("publish", cluster = "c");
+        assert!(span.is_none());
+        assert_eq!(traceparent(&tracing::info_span!("x")), None);
+        // A context from elsewhere is ignored, malformed or not.
+        set_parent(
+            &span,
+            "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01",
+        );
+        set_parent(&span, "garbage");
+    }
+
+    #[test]
     fn rejects_an_invalid_filter_with_its_text() {
         let args = LogArgs {
             log_level: "flotilla=notalevel".into(),

@@ -470,8 +470,10 @@ impl Hub {
             sequence,
             expires_at: unix_now() + self.inner.config.bundle_ttl.as_secs(),
         };
-        // `None` at no cost unless traces are exported.
-        let traceparent = flotilla_telemetry::traceparent(&tracing::Span::current());
+        // `None`, without even looking up the current span, unless traces are exported.
+        let traceparent = flotilla_telemetry::traces_enabled()
+            .then(|| flotilla_telemetry::traceparent(&tracing::Span::current()))
+            .flatten();
         let bundle = Arc::new(Sealed::new(self.keys().seal(meta, payload), traceparent));
         {
             let mut per_cluster = self.inner.store.entry(cluster.to_owned()).or_default();
