@@ -18,6 +18,8 @@ stage() { # stage NAME CMD...: run one stage, print how long it took
 export PATH="$PATH:/usr/local/go/bin:$HOME/.cargo/bin"
 export FLOTILLA_E2E=1
 export CARGO_TERM_COLOR=${CARGO_TERM_COLOR:-never}
+# A fresh clone builds once: incremental caches would only double the target directory's size.
+export CARGO_INCREMENTAL=${CARGO_INCREMENTAL:-0}
 
 # The dashboard's browser tests (e2e/tests/dashboard.rs) drive Debian's Chromium with
 # playwright-core: install both when missing, and fail here (not skip later) when that fails.
@@ -57,4 +59,5 @@ stage "browser test dependencies" browser_deps
 stage "cargo fmt --check" cargo fmt --all -- --check
 stage "cargo clippy" cargo clippy --workspace --all-targets --quiet -- -D warnings
 stage "cargo test" cargo test --workspace --no-fail-fast
+echo "==> target directory: $(du -sh target 2>/dev/null | cut -f1)"
 echo "==> all stages passed in $SECONDS s"
