@@ -86,6 +86,11 @@ async fn bundle_is_delivered_verified_acked_and_resumed_after_agent_restart() ->
         .await
         .context("no ack")?;
     assert_eq!(ack.outcome, AckOutcome::Applied);
+    assert_eq!(ack.object_count, 3);
+    let ack = hub
+        .hub
+        .ack_with_objects("eu-1", "apps")
+        .context("ack kept")?;
     assert_eq!(ack.objects.len(), 3);
     assert_eq!(ack.objects[0], ("ConfigMap/apps/app-0".to_owned(), true));
 
@@ -597,5 +602,201 @@ async fn payload_encoding_is_negotiated_per_agent() -> anyhow::Result<()> {
     assert_eq!(a, b, "both encodings carry the same signed bundle");
     let latest = hub.hub.latest("eu-1", "apps").context("bundle stored")?;
     assert_eq!(a, *latest);
+    hub.stop().await
+}
+
+/// Applies like a cluster where object `app-0` is refused (by admission, say) while the others
+/// apply: the bundle fails.
+struct RefusesAppZero;
+
+impl connect::BundleSink for RefusesAppZero {
+    async fn apply(&self, bundle: flotilla_agent::verify::VerifiedBundle) -> connect::ApplyResult {
+        let objects = bundle.objects().unwrap_or_default();
+        let results: Vec<connect::ObjectResult> = objects
+            .iter()
+            .map(|o| {
+                let name = o["metadata"]["name"]
+                    .as_str()
+                    .unwrap_or_default()
+                    .to_owned();
+                let ok = name != "app-0";
+                connect::ObjectResult {
+                    api_version: "v1".into(),
+                    kind: "ConfigMap".into(),
+                    namespace: "apps".into(),
+                    message: if ok {
+                        String::new()
+                    } else {
+                        "denied by policy".into()
+                    },
+                    name,
+                    ok,
+                }
+            })
+            .collect();
+        connect::ApplyResult {
+            applied: results.iter().all(|r| r.ok),
+            message: "1 of the objects failed".into(),
+            objects: results,
+        }
+    }
+}
+
+#[tokio::test]
+async fn acks_are_summarised_only_when_every_object_applied() -> anyhow::Result<()> {
+    let hub = start().await?;
+    // All applied: the agent sends a count; the hub still knows, and lists, every object.
+    let a = agent_for(&hub, "eu-1").await?;
+    wait_connected(&hub.hub, "eu-1").await?;
+    let seq = hub
+        .hub
+        .publish("eu-1", "apps", "r1", &objects("eu-1", "r1", 20))?;
+    let ack = hub
+        .hub
+        .wait_for_ack("eu-1", "apps", seq, WAIT)
+        .await
+        .context("no ack")?;
+    assert_eq!(ack.outcome, AckOutcome::Applied);
+    assert_eq!(
+        (ack.object_count, ack.objects.len()),
+        (20, 0),
+        "a summary ack"
+    );
+    let listed = hub
+        .hub
+        .ack_with_objects("eu-1", "apps")
+        .context("ack kept")?;
+    let expected: Vec<(String, bool)> = (0..20)
+        .map(|i| (format!("ConfigMap/apps/app-{i}"), true))
+        .collect();
+    assert_eq!(listed.objects, expected);
+    assert_eq!(listed.object_count, 20);
+    a.stop.cancel();
+
+    // One object failed: the ack lists every object with its result, the failed one named.
+    let registration = hub.register("eu-2").await?;
+    let agent = Arc::new(Agent::new(
+        hub.agent_config(),
+        registration,
+        Arc::new(RefusesAppZero),
+    ));
+    let stop = CancellationToken::new();
+    tokio::spawn({
+        let (agent, stop) = (agent.clone(), stop.clone());
+        async move { agent.run(stop).await }
+    });
+    wait_connected(&hub.hub, "eu-2").await?;
+    let seq = hub
+        .hub
+        .publish("eu-2", "apps", "r1", &objects("eu-2", "r1", 3))?;
+    let ack = hub
+        .hub
+        .wait_for_ack("eu-2", "apps", seq, WAIT)
+        .await
+        .context("no ack")?;
+    assert_eq!(ack.outcome, AckOutcome::Failed);
+    assert_eq!(ack.object_count, 3);
+    assert_eq!(
+        ack.objects,
+        vec![
+            ("ConfigMap/apps/app-0".to_owned(), false),
+            ("ConfigMap/apps/app-1".to_owned(), true),
+            ("ConfigMap/apps/app-2".to_owned(), true),
+        ]
+    );
+    stop.cancel();
+    hub.stop().await
+}
+
+#[tokio::test]
+async fn an_agent_of_protocol_1_1_sends_full_acks_and_is_understood() -> anyhow::Result<()> {
+    use flotilla_proto::pb;
+    use tonic::transport::{Certificate, ClientTlsConfig, Endpoint, Identity};
+    let (hub, ca) = start_with_ca(Config::default()).await?;
+    hub.accepted_cluster("eu-1").await?;
+    let seq = hub
+        .hub
+        .publish("eu-1", "apps", "r1", &objects("eu-1", "r1", 2))?;
+
+    let key = rcgen::KeyPair::generate()?;
+    let csr = rcgen::CertificateParams::default().serialize_request(&key)?;
+    let cert = ca.issue_client(
+        "eu-1",
+        csr.der(),
+        std::time::SystemTime::now(),
+        Duration::from_secs(600),
+    )?;
+    let tls = ClientTlsConfig::new()
+        .ca_certificate(Certificate::from_pem(&hub.delivery.ca_pem))
+        .domain_name("localhost")
+        .identity(Identity::from_pem(pem(&cert), key.serialize_pem()));
+    let channel = Endpoint::from_shared(hub.delivery.url.clone())?
+        .tls_config(tls)?
+        .connect()
+        .await?;
+    // What a 1.1 agent sends: its version, and no field it does not know.
+    let hello = pb::AgentMessage {
+        kind: Some(pb::agent_message::Kind::Hello(pb::Hello {
+            protocol: Some(pb::ProtocolVersion { major: 1, minor: 1 }),
+            cluster_id: "eu-1".into(),
+            ..Default::default()
+        })),
+    };
+    let (tx, rx) = tokio::sync::mpsc::channel(4);
+    tx.send(hello).await?;
+    let mut inbound = pb::delivery_client::DeliveryClient::new(channel)
+        .connect(tokio_stream::wrappers::ReceiverStream::new(rx))
+        .await?
+        .into_inner();
+    let mut welcomed = false;
+    loop {
+        let m = tokio::time::timeout(WAIT, inbound.message())
+            .await
+            .context("no message in time")??
+            .context("stream ended")?;
+        match m.kind {
+            Some(pb::hub_message::Kind::Welcome(w)) => {
+                assert!(w.accepts_ack_summary, "a 1.2 hub says it takes summaries");
+                welcomed = true;
+            }
+            Some(pb::hub_message::Kind::Bundle(c)) if c.index + 1 == c.count => break,
+            _ => {}
+        }
+    }
+    assert!(welcomed);
+    let result = |name: &str, ok: bool| pb::ObjectResult {
+        api_version: "v1".into(),
+        kind: "ConfigMap".into(),
+        namespace: "apps".into(),
+        name: name.into(),
+        ok,
+        message: String::new(),
+    };
+    tx.send(pb::AgentMessage {
+        kind: Some(pb::agent_message::Kind::Ack(pb::Ack {
+            delivery: "apps".into(),
+            sequence: seq,
+            outcome: pb::AckOutcome::Applied as i32,
+            message: "applied".into(),
+            objects: vec![result("app-0", true), result("app-1", true)],
+            ..Default::default()
+        })),
+    })
+    .await?;
+    let ack = hub
+        .hub
+        .wait_for_ack("eu-1", "apps", seq, WAIT)
+        .await
+        .context("no ack")?;
+    assert_eq!(ack.outcome, AckOutcome::Applied);
+    assert_eq!(ack.object_count, 2);
+    assert_eq!(
+        ack.objects,
+        vec![
+            ("ConfigMap/apps/app-0".to_owned(), true),
+            ("ConfigMap/apps/app-1".to_owned(), true)
+        ]
+    );
+    drop(tx);
     hub.stop().await
 }

@@ -41,6 +41,8 @@ impl pb::delivery_server::Delivery for Rogue {
                 protocol: Some(PROTOCOL_VERSION),
                 hub_version: "rogue".into(),
                 heartbeat_interval_ms: 15_000,
+                // Like a hub before protocol 1.2: agents send it full acks.
+                accepts_ack_summary: false,
             });
             let _ = tx
                 .send(Ok(pb::HubMessage {
@@ -234,6 +236,20 @@ async fn bundle_from_unknown_signing_key_is_refused() -> anyhow::Result<()> {
     assert_rejected(&ack, 5, "failed verification");
     assert!(s.sink.rejected()[0].contains("failed verification"));
     assert!(s.sink.applied().is_empty());
+    s.stop.cancel();
+    Ok(())
+}
+
+#[tokio::test]
+async fn a_hub_that_takes_no_summary_acks_gets_full_acks() -> anyhow::Result<()> {
+    // The rogue hub's Welcome is that of a hub before protocol 1.2.
+    let mut s = against_rogue(|k| vec![bundle(k, "eu-1", 7, unix_now() + 600)]).await?;
+    let ack = next_ack(&mut s).await;
+    assert_eq!(ack.outcome, pb::AckOutcome::Applied as i32, "{ack:?}");
+    assert_eq!(ack.objects_applied, 0, "no summary to an older hub");
+    let names: Vec<&str> = ack.objects.iter().map(|o| o.name.as_str()).collect();
+    assert_eq!(names, ["app-0", "app-1"]);
+    assert!(ack.objects.iter().all(|o| o.ok));
     s.stop.cancel();
     Ok(())
 }

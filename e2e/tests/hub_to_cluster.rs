@@ -76,8 +76,14 @@ async fn a_published_bundle_is_applied_in_the_workload_cluster_and_acked_per_obj
         .await
         .context("no ack from the agent")?;
     assert_eq!(ack.outcome, AckOutcome::Applied, "{}", ack.message);
+    // Everything applied: a summary ack (a count, no list); the hub lists them from the bundle.
+    assert_eq!((ack.object_count, ack.objects.len()), (2, 0));
+    let listed = hub
+        .hub
+        .ack_with_objects("workload-1", "shop")
+        .context("ack kept")?;
     assert_eq!(
-        ack.objects,
+        listed.objects,
         vec![
             ("Namespace/shop".to_string(), true),
             ("ConfigMap/shop/settings".to_string(), true)
@@ -103,6 +109,7 @@ async fn a_published_bundle_is_applied_in_the_workload_cluster_and_acked_per_obj
         .await
         .context("no ack for the second bundle")?;
     assert_eq!(ack.outcome, AckOutcome::Failed);
+    assert_eq!(ack.object_count, 2, "a failed bundle is acked in full");
     assert!(
         ack.message.contains("ConfigMap/shop/Not_Valid"),
         "{}",

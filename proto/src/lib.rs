@@ -12,7 +12,7 @@ pub mod pb {
 }
 
 /// The protocol version this build speaks.
-pub const PROTOCOL_VERSION: pb::ProtocolVersion = pb::ProtocolVersion { major: 1, minor: 1 };
+pub const PROTOCOL_VERSION: pb::ProtocolVersion = pb::ProtocolVersion { major: 1, minor: 2 };
 
 /// A peer speaks a protocol this build cannot talk to.
 #[derive(Debug, thiserror::Error)]
@@ -46,7 +46,7 @@ mod tests {
         let err = check_compatible(Some(&pb::ProtocolVersion { major: 2, minor: 0 })).unwrap_err();
         assert_eq!(
             err.to_string(),
-            "peer speaks protocol 2.0, this build speaks 1.1 (majors must match)"
+            "peer speaks protocol 2.0, this build speaks 1.2 (majors must match)"
         );
         assert!(check_compatible(None).is_err());
     }

@@ -586,6 +586,8 @@ impl<S: BundleSink> Agent<S> {
             p.connected = true;
         });
         debug!(hub_version = %welcome.hub_version, "welcomed by the hub");
+        // A hub of protocol 1.2 or later takes a count instead of the list when all applied.
+        let summary_acks = welcome.accepts_ack_summary;
 
         let mut heartbeat = tokio::time::interval(interval);
         heartbeat.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -602,7 +604,7 @@ impl<S: BundleSink> Agent<S> {
                 msg = inbound.message() => {
                     let Some(msg) = msg? else { return Ok(()) };
                     last_heard = tokio::time::Instant::now();
-                    if let Some(ack) = self.handle(msg, &mut reassembler).await {
+                    if let Some(ack) = self.handle(msg, &mut reassembler, summary_acks).await {
                         if tx.send(ack).await.is_err() {
                             return Ok(());
                         }
@@ -691,11 +693,13 @@ impl<S: BundleSink> Agent<S> {
         }
     }
 
-    /// Handles one hub message; returns the ack to send, if any.
+    /// Handles one hub message; returns the ack to send, if any: a summary ack when every object
+    /// applied and `summary_acks` (the hub said it takes them).
     async fn handle(
         &self,
         msg: pb::HubMessage,
         reassembler: &mut convert::Reassembler,
+        summary_acks: bool,
     ) -> Option<pb::AgentMessage> {
         let chunk = match msg.kind? {
             pb::hub_message::Kind::Bundle(chunk) => chunk,
@@ -738,7 +742,7 @@ impl<S: BundleSink> Agent<S> {
         );
         flotilla_telemetry::set_parent(&span, &traceparent);
         let ack = self
-            .verify_and_apply(bundle, delivery, sequence, &span)
+            .verify_and_apply(bundle, delivery, sequence, summary_acks, &span)
             .instrument(span.clone())
             .await;
         drop(span);
@@ -752,16 +756,33 @@ impl<S: BundleSink> Agent<S> {
         bundle: flotilla_bundle::SignedBundle,
         delivery: String,
         sequence: u64,
+        summary_acks: bool,
         span: &tracing::Span,
     ) -> Option<pb::AgentMessage> {
         let verdict = self.lock().verifier.verify(bundle, unix_now());
         let ack = |outcome: pb::AckOutcome, message: String, objects: Vec<ObjectResult>| {
+            // Every object applied: a count says as much as the list, for a fraction of the bytes
+            // and of the hub's decoding; failures always go in full.
+            let objects_applied = if summary_acks
+                && outcome == pb::AckOutcome::Applied
+                && objects.iter().all(|o| o.ok)
+            {
+                objects.len() as u32
+            } else {
+                0
+            };
+            let objects = if objects_applied > 0 {
+                Vec::new()
+            } else {
+                objects
+            };
             Some(pb::AgentMessage {
                 kind: Some(pb::agent_message::Kind::Ack(pb::Ack {
                     delivery: delivery.clone(),
                     sequence,
                     outcome: outcome as i32,
                     message,
+                    objects_applied,
                     objects: objects
                         .into_iter()
                         .map(|o| pb::ObjectResult {

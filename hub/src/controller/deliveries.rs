@@ -1254,12 +1254,13 @@ impl Deliveries {
                 outcome: AckOutcome::Applied,
                 message: String::new(),
                 objects: Vec::new(),
+                object_count: 0,
             });
         }
         match ack {
             Some(a) if a.sequence == p.sequence => match a.outcome {
                 AckOutcome::Applied => {
-                    v.objects = a.objects.len() as u32;
+                    v.objects = a.object_count;
                     let report = super::observed::report_for(&self.hub, cname, name)
                         .filter(|r| r.sequence == p.sequence);
                     match report {

@@ -329,7 +329,7 @@ async fn cluster(State(d): State<Dashboard>, Path(name): Path<String>) -> Result
     let detail = view::cluster_detail(
         &c,
         &d.stores.deliveries.state(),
-        |delivery| d.hub.ack(&name, delivery),
+        |delivery| d.hub.ack_with_objects(&name, delivery),
         |delivery| d.hub.report(&name, delivery),
         d.drift_events(&name),
     );

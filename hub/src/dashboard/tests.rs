@@ -275,6 +275,7 @@ fn cluster_page_has_objects_and_reports() {
                 outcome: AckOutcome::Applied,
                 message: String::new(),
                 objects: vec![("ConfigMap/p/cfg".into(), true)],
+                object_count: 1,
             })
         },
         |_| {

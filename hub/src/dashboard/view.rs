@@ -521,8 +521,11 @@ pub struct AckView {
     pub outcome: &'static str,
     /// Why it failed or was refused.
     pub message: String,
-    /// Per-object results.
+    /// Per-object results (empty when the agent sent a summary ack and the hub no longer holds
+    /// the bundle to list them from).
     pub objects: Vec<ObjectResult>,
+    /// How many objects the bundle had.
+    pub object_count: u32,
 }
 
 impl From<AckRecord> for AckView {
@@ -535,6 +538,7 @@ impl From<AckRecord> for AckView {
                 AckOutcome::Rejected => "rejected",
             },
             message: a.message,
+            object_count: a.object_count,
             objects: a
                 .objects
                 .into_iter()

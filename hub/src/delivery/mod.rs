@@ -161,8 +161,12 @@ pub struct AckRecord {
     pub outcome: AckOutcome,
     /// The agent's message (why it failed or was rejected).
     pub message: String,
-    /// Per-object results: (kind/namespace/name, ok).
+    /// Per-object results: (kind/namespace/name, ok). Empty after a summary ack (every object
+    /// applied, none listed); [`Hub::ack_with_objects`] then lists them from the bundle.
     pub objects: Vec<(String, bool)>,
+    /// How many objects the acknowledged bundle had: `objects.len()`, or the count a summary
+    /// ack gave.
+    pub object_count: u32,
 }
 
 /// The outcome an agent reported for a bundle.
@@ -573,6 +577,31 @@ impl Hub {
             .map(|a| a.clone())
     }
 
+    /// [`Hub::ack`], with a summary ack's objects listed from the bundle it acknowledged (all
+    /// applied), as long as the hub still holds that bundle. For pages that show the objects;
+    /// [`Hub::ack`] is the cheap one.
+    pub fn ack_with_objects(&self, cluster: &str, delivery: &str) -> Option<AckRecord> {
+        let mut ack = self.ack(cluster, delivery)?;
+        if ack.objects.is_empty() && ack.object_count > 0 {
+            let bundle = self
+                .inner
+                .store
+                .get(cluster)
+                .and_then(|b| b.get(delivery).cloned())
+                .filter(|b| b.header.meta.sequence == ack.sequence);
+            if let Some(payload) =
+                bundle.and_then(|b| flotilla_bundle::decode_payload(&b.payload).ok())
+            {
+                ack.objects = payload
+                    .objects
+                    .iter()
+                    .map(|o| (object_id(o), true))
+                    .collect();
+            }
+        }
+        Some(ack)
+    }
+
     /// The sequence the cluster's agent last acknowledged for a delivery, without copying the
     /// per-object results (cheap enough to poll across thousands of clusters).
     pub fn acked_sequence(&self, cluster: &str, delivery: &str) -> Option<u64> {
@@ -775,5 +804,18 @@ impl Hub {
                 }
             }
         })
+    }
+}
+
+/// `Kind/namespace/name`, or `Kind/name` for a cluster-scoped object, as acks name objects.
+pub(crate) fn object_id(object: &Value) -> String {
+    let field = |v: &Value, k: &str| v.get(k).and_then(Value::as_str).unwrap_or("").to_owned();
+    let kind = field(object, "kind");
+    let meta = object.get("metadata").cloned().unwrap_or(Value::Null);
+    let (namespace, name) = (field(&meta, "namespace"), field(&meta, "name"));
+    if namespace.is_empty() {
+        format!("{kind}/{name}")
+    } else {
+        format!("{kind}/{namespace}/{name}")
     }
 }

@@ -200,6 +200,7 @@ async fn run(
             protocol: Some(PROTOCOL_VERSION),
             hub_version: crate::VERSION.to_owned(),
             heartbeat_interval_ms: config.heartbeat_interval.as_millis() as u32,
+            accepts_ack_summary: true,
         }),
     )
     .await
@@ -419,10 +420,17 @@ fn handle_agent_message(hub: &Hub, cluster: &str, message: pb::AgentMessage) {
             if outcome != AckOutcome::Applied {
                 warn!(delivery = %ack.delivery, sequence = ack.sequence, ?outcome, message = %ack.message, "bundle not applied");
             }
+            // A summary ack (protocol 1.2) lists no objects: all `objects_applied` of them applied.
+            let object_count = if ack.objects.is_empty() && outcome == AckOutcome::Applied {
+                ack.objects_applied
+            } else {
+                ack.objects.len() as u32
+            };
             let record = AckRecord {
                 sequence: ack.sequence,
                 outcome,
                 message: ack.message,
+                object_count,
                 objects: ack
                     .objects
                     .into_iter()

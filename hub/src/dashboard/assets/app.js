@@ -264,7 +264,7 @@
     if (d.ack) {
       const failed = d.ack.objects.filter((o) => !o.ok).length;
       parts.push(h('details', {},
-        h('summary', {}, `Bundle ${d.ack.sequence}: ${d.ack.outcome}, ${d.ack.objects.length} objects${failed ? `, ${failed} failed` : ''}`),
+        h('summary', {}, `Bundle ${d.ack.sequence}: ${d.ack.outcome}, ${d.ack.objectCount} objects${failed ? `, ${failed} failed` : ''}`),
         d.ack.message ? h('p', { class: 'message' }, d.ack.message) : null,
         h('table', {}, h('thead', {}, h('tr', {}, h('th', { scope: 'col' }, 'Object'), h('th', { scope: 'col' }, 'Result'))),
           h('tbody', {}, d.ack.objects.map((o) => h('tr', {}, h('td', { class: 'mono' }, o.object),
