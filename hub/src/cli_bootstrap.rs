@@ -231,7 +231,11 @@ fn plan(args: &BootstrapArgs, namespace: &str, auth: &PushAuth) -> anyhow::Resul
     let mut hub_set = Vec::new();
     if !args.server_names.is_empty() {
         let mut names = args.server_names.clone();
-        names.extend([svc.clone(), format!("{svc}.cluster.local"), HUB_RELEASE.into()]);
+        names.extend([
+            svc.clone(),
+            format!("{svc}.cluster.local"),
+            HUB_RELEASE.into(),
+        ]);
         hub_set.push(format!("hub.serverNames={{{}}}", names.join(",")));
     }
     hub_set.extend(args.hub_set.iter().cloned());
@@ -246,7 +250,10 @@ fn plan(args: &BootstrapArgs, namespace: &str, auth: &PushAuth) -> anyhow::Resul
         format!("hub.url=https://{svc}:7443"),
         format!("hub.registrationUrl=https://{svc}:7441"),
         format!("hub.serverName={svc}"),
-        format!("hub.existingCaConfigMap={}", crate::state::HUB_INFO_CONFIGMAP),
+        format!(
+            "hub.existingCaConfigMap={}",
+            crate::state::HUB_INFO_CONFIGMAP
+        ),
         format!("clusterName={cluster}"),
         format!("bootstrapToken.existingSecret={AGENT_TOKEN_SECRET}"),
     ];
@@ -264,7 +271,8 @@ fn plan(args: &BootstrapArgs, namespace: &str, auth: &PushAuth) -> anyhow::Resul
          # with other values: edits to this file are overwritten then.\n",
         crate::VERSION
     );
-    let namespace_doc = format!("apiVersion: v1\nkind: Namespace\nmetadata:\n  name: {namespace}\n");
+    let namespace_doc =
+        format!("apiVersion: v1\nkind: Namespace\nmetadata:\n  name: {namespace}\n");
     let dir = format!("{path}/{namespace}");
     let files = vec![
         File {
@@ -299,9 +307,7 @@ fn normalise_path(path: &str) -> anyhow::Result<String> {
         .filter(|p| !p.is_empty() && *p != ".")
         .collect();
     if path.starts_with('/') || parts.contains(&"..") || parts.is_empty() {
-        bail!(
-            "--path {path:?}: expected a directory inside the repository such as clusters/mgmt"
-        );
+        bail!("--path {path:?}: expected a directory inside the repository such as clusters/mgmt");
     }
     Ok(parts.join("/"))
 }
@@ -462,7 +468,11 @@ impl PushAuth {
         }
     }
 
-    fn callbacks<'a>(&'a self, url: &'a str, refusal: &'a RefCell<Option<String>>) -> RemoteCallbacks<'a> {
+    fn callbacks<'a>(
+        &'a self,
+        url: &'a str,
+        refusal: &'a RefCell<Option<String>>,
+    ) -> RemoteCallbacks<'a> {
         let mut callbacks = RemoteCallbacks::new();
         let offered = std::cell::Cell::new(false);
         callbacks.credentials(move |_url, user_from_url, allowed| {
@@ -655,7 +665,10 @@ async fn apply(client: &Client, objects: &[Value]) -> anyhow::Result<usize> {
         .filter(|o| o["kind"] == "CustomResourceDefinition")
     {
         let name = crd["metadata"]["name"].as_str().unwrap_or_default();
-        let before = crds.get_opt(name).await?.and_then(|c| c.metadata.resource_version);
+        let before = crds
+            .get_opt(name)
+            .await?
+            .and_then(|c| c.metadata.resource_version);
         let after = crds
             .patch(name, &pp, &Patch::Apply(crd))
             .await
@@ -664,9 +677,10 @@ async fn apply(client: &Client, objects: &[Value]) -> anyhow::Result<usize> {
         let deadline = Instant::now() + Duration::from_secs(60);
         loop {
             let established = crds.get(name).await?.status.is_some_and(|s| {
-                s.conditions.unwrap_or_default().iter().any(|c| {
-                    c.type_ == "Established" && c.status == "True"
-                })
+                s.conditions
+                    .unwrap_or_default()
+                    .iter()
+                    .any(|c| c.type_ == "Established" && c.status == "True")
             });
             if established {
                 break;
@@ -689,7 +703,10 @@ async fn apply(client: &Client, objects: &[Value]) -> anyhow::Result<usize> {
     rest.sort_by_key(rank);
     for object in rest {
         let obj: DynamicObject = serde_json::from_value(object.clone())?;
-        let types = obj.types.as_ref().context("an object without apiVersion/kind")?;
+        let types = obj
+            .types
+            .as_ref()
+            .context("an object without apiVersion/kind")?;
         let name = obj.metadata.name.clone().unwrap_or_default();
         let what = format!(
             "{} {}{name}",
@@ -701,9 +718,12 @@ async fn apply(client: &Client, objects: &[Value]) -> anyhow::Result<usize> {
                 .unwrap_or_default()
         );
         let gvk = kube::api::GroupVersionKind::try_from(types)?;
-        let (resource, caps) = discovery
-            .resolve_gvk(&gvk)
-            .with_context(|| format!("{what}: the API server does not serve {}", types.api_version))?;
+        let (resource, caps) = discovery.resolve_gvk(&gvk).with_context(|| {
+            format!(
+                "{what}: the API server does not serve {}",
+                types.api_version
+            )
+        })?;
         let api: Api<DynamicObject> = match (&obj.metadata.namespace, caps.scope) {
             (Some(ns), Scope::Namespaced) => Api::namespaced_with(client.clone(), ns, &resource),
             _ => Api::all_with(client.clone(), &resource),
@@ -745,7 +765,11 @@ async fn register(
         "spec": {"accepted": true},
     });
     Api::<Cluster>::all(client.clone())
-        .patch(name, &PatchParams::apply(CLI_MANAGER), &Patch::Apply(&cluster))
+        .patch(
+            name,
+            &PatchParams::apply(CLI_MANAGER),
+            &Patch::Apply(&cluster),
+        )
         .await
         .with_context(|| format!("registering Cluster {name}"))?;
 
@@ -758,10 +782,17 @@ async fn register(
             "stringData": data,
         });
         secrets
-            .patch(secret, &PatchParams::apply(CLI_MANAGER).force(), &Patch::Apply(&s))
+            .patch(
+                secret,
+                &PatchParams::apply(CLI_MANAGER).force(),
+                &Patch::Apply(&s),
+            )
             .await
             .with_context(|| format!("writing Secret {ns}/{secret}"))?;
-        writeln!(out, "the hub fetches with the credentials in Secret {ns}/{secret} (not committed)")?;
+        writeln!(
+            out,
+            "the hub fetches with the credentials in Secret {ns}/{secret} (not committed)"
+        )?;
     }
 
     if secrets.get_opt(AGENT_IDENTITY_SECRET).await?.is_some() {
@@ -791,7 +822,11 @@ async fn register(
         "stringData": {"token": token.expose()},
     });
     secrets
-        .patch(AGENT_TOKEN_SECRET, &PatchParams::apply(CLI_MANAGER).force(), &Patch::Apply(&s))
+        .patch(
+            AGENT_TOKEN_SECRET,
+            &PatchParams::apply(CLI_MANAGER).force(),
+            &Patch::Apply(&s),
+        )
         .await
         .with_context(|| format!("writing Secret {ns}/{AGENT_TOKEN_SECRET}"))?;
     writeln!(
@@ -834,14 +869,25 @@ async fn wait_ready(
                     .as_ref()
                     .and_then(|s| s.clusters.iter().find(|c| c.name == plan.cluster));
                 match here {
-                    Some(c) if c.ready && c.revision.as_deref().is_some_and(|r| r.ends_with(commit)) => {
-                        writeln!(out, "delivery {0}/{0} is ready on {1} at {commit}", plan.namespace, plan.cluster)?;
+                    Some(c)
+                        if c.ready
+                            && c.revision.as_deref().is_some_and(|r| r.ends_with(commit)) =>
+                    {
+                        writeln!(
+                            out,
+                            "delivery {0}/{0} is ready on {1} at {commit}",
+                            plan.namespace, plan.cluster
+                        )?;
                         return Ok(());
                     }
                     Some(c) => format!(
                         "delivery on {}: {} {}",
                         plan.cluster,
-                        if c.reason.is_empty() { "waiting" } else { &c.reason },
+                        if c.reason.is_empty() {
+                            "waiting"
+                        } else {
+                            &c.reason
+                        },
                         c.message
                     ),
                     None => {
@@ -853,7 +899,10 @@ async fn wait_ready(
                             .and_then(|c| c.status)
                             .is_some_and(|s| s.connected);
                         let ready = d.status.as_ref().and_then(|s| {
-                            s.conditions.iter().find(|c| c.type_ == "Ready").map(|c| c.message.clone())
+                            s.conditions
+                                .iter()
+                                .find(|c| c.type_ == "Ready")
+                                .map(|c| c.message.clone())
                         });
                         match (connected, ready) {
                             (false, _) => format!(

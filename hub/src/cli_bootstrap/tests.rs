@@ -39,11 +39,7 @@ fn files_at(path: &Path, branch: &str) -> Vec<(String, String)> {
         .tree()
         .unwrap()
         .walk(git2::TreeWalkMode::PreOrder, |dir, entry| {
-            if let Some(blob) = entry
-                .to_object(&repo)
-                .ok()
-                .and_then(|o| o.into_blob().ok())
-            {
+            if let Some(blob) = entry.to_object(&repo).ok().and_then(|o| o.into_blob().ok()) {
                 out.push((
                     format!("{dir}{}", entry.name().unwrap()),
                     String::from_utf8_lossy(blob.content()).into_owned(),
@@ -104,7 +100,11 @@ fn sync_manifests_are_a_gitsource_and_a_delivery_selecting_the_cluster() {
     assert_eq!(delivery.spec.path, "clusters/mgmt");
     assert!(delivery.spec.prune);
     assert_eq!(
-        delivery.spec.cluster_selector.match_labels.get(CLUSTER_LABEL),
+        delivery
+            .spec
+            .cluster_selector
+            .match_labels
+            .get(CLUSTER_LABEL),
         Some(&"mgmt".to_owned())
     );
 }
@@ -190,7 +190,11 @@ fn publishing_replaces_only_its_own_directory() {
         .unwrap()
         .peel_to_commit()
         .unwrap();
-    assert_eq!(head.parent_count(), 1, "the second commit builds on the first");
+    assert_eq!(
+        head.parent_count(),
+        1,
+        "the second commit builds on the first"
+    );
 }
 
 #[test]
@@ -199,7 +203,10 @@ fn a_missing_remote_is_named_without_its_password() {
     let e = publish(&a, &plan_with(&[]), &PushAuth::None)
         .unwrap_err()
         .to_string();
-    assert!(e.contains("fetching https://ops:***@127.0.0.1:9/fleet.git"), "{e}");
+    assert!(
+        e.contains("fetching https://ops:***@127.0.0.1:9/fleet.git"),
+        "{e}"
+    );
     assert!(!e.contains("hunter2"), "{e}");
 }
 
@@ -210,9 +217,12 @@ fn the_embedded_charts_are_the_repository_s() {
         let embedded = CHARTS
             .get_file(&file)
             .unwrap_or_else(|| panic!("{file} is not embedded"));
-        let on_disk =
-            std::fs::read(Path::new(env!("CARGO_MANIFEST_DIR")).join("../charts").join(&file))
-                .unwrap();
+        let on_disk = std::fs::read(
+            Path::new(env!("CARGO_MANIFEST_DIR"))
+                .join("../charts")
+                .join(&file),
+        )
+        .unwrap();
         assert_eq!(embedded.contents(), on_disk.as_slice(), "{file}");
     }
 }

@@ -25,8 +25,8 @@ mod verify;
 use std::fmt;
 use std::path::PathBuf;
 
-pub use auth::{Auth, Secret, redact_url};
 pub(crate) use auth::ssh_target;
+pub use auth::{Auth, Secret, redact_url};
 pub use fetch::GitCache;
 pub use known_hosts::{HostKeyCheck, KnownHosts};
 pub use poller::{FailureReason, PollOptions, SourcePoller, SourceStatus};
