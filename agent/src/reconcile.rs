@@ -923,14 +923,13 @@ impl Drop for Dec<'_> {
     }
 }
 
-/// Whether `object` is the flotilla `Delivery` that delivers it (`namespace/name` =
-/// `delivery`), as in the management cluster that `flotilla bootstrap` sets up. Its readiness
-/// waits on this very health check, so it is applied and watched for drift like any object but
-/// not waited on (Flux's kustomize-controller skips itself the same way).
+/// Whether `object` is the flotilla `Delivery` that delivers it, as in the management cluster
+/// that `flotilla bootstrap` sets up. A bundle names its delivery by the Delivery's name (unique
+/// among the deliveries that reach one cluster). Its readiness waits on this very health check,
+/// so it is applied and watched for drift like any object but not waited on (Flux's
+/// kustomize-controller skips itself the same way).
 fn is_itself(object: &ObjectRef, delivery: &str) -> bool {
-    object.group == "flotilla.dev"
-        && object.kind == "Delivery"
-        && delivery.split_once('/') == Some((object.namespace.as_str(), object.name.as_str()))
+    object.group == "flotilla.dev" && object.kind == "Delivery" && object.name == delivery
 }
 
 #[cfg(test)]
@@ -949,7 +948,7 @@ mod self_reference_tests {
 
     #[test]
     fn only_the_delivery_itself_is_not_waited_on() {
-        let d = "flotilla-system/flotilla-system";
+        let d = "flotilla-system";
         assert!(is_itself(
             &obj(
                 "flotilla.dev",
@@ -961,7 +960,6 @@ mod self_reference_tests {
         ));
         for other in [
             obj("flotilla.dev", "Delivery", "flotilla-system", "apps"),
-            obj("flotilla.dev", "Delivery", "apps", "flotilla-system"),
             obj(
                 "flotilla.dev",
                 "GitSource",
