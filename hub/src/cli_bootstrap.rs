@@ -42,6 +42,11 @@ static CHARTS: Dir<'static> = include_dir!("$CARGO_MANIFEST_DIR/../charts");
 
 /// The field manager of the objects bootstrap applies: the agent's (`agent/src/apply.rs`).
 const APPLY_MANAGER: &str = "flotilla";
+/// The label the agent puts on every object it applies, naming its delivery
+/// (`agent/src/object.rs` `DELIVERY_LABEL`). Bootstrap sets it too, so that what it applies is
+/// exactly what the management agent applies: neither undoes the other's fields, and a second
+/// bootstrap changes nothing the agent would then see as drift.
+const DELIVERY_LABEL: &str = "flotilla.dev/delivery";
 /// The field manager of the management `Cluster` (as `flotilla cluster add`).
 const CLI_MANAGER: &str = "flotilla-cli";
 /// Release names of the two charts; the hub's Service is then called `flotilla-hub`.
@@ -178,6 +183,14 @@ pub async fn bootstrap(
         .map(|f| parse_objects(f))
         .collect::<anyhow::Result<Vec<_>>>()?
         .concat();
+    let objects: Vec<Value> = objects
+        .into_iter()
+        .map(|mut o| {
+            // The bootstrap Delivery's wire name is its name: the namespace (see `sync_yaml`).
+            o["metadata"]["labels"][DELIVERY_LABEL] = Value::String(plan.namespace.clone());
+            o
+        })
+        .collect();
     let changed = apply(&client, &objects).await?;
     writeln!(
         out,
