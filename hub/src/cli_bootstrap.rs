@@ -180,7 +180,7 @@ pub async fn bootstrap(
     let objects = plan
         .files
         .iter()
-        .map(|f| parse_objects(f))
+        .map(parse_objects)
         .collect::<anyhow::Result<Vec<_>>>()?
         .concat();
     let objects: Vec<Value> = objects
@@ -852,9 +852,9 @@ async fn register(
 
 fn humantime(d: Duration) -> String {
     let s = d.as_secs();
-    if s % 3600 == 0 {
+    if s.is_multiple_of(3600) {
         format!("{}h", s / 3600)
-    } else if s % 60 == 0 {
+    } else if s.is_multiple_of(60) {
         format!("{}m", s / 60)
     } else {
         format!("{s}s")
