@@ -304,6 +304,16 @@ pub async fn scrape_metrics(port: u16) -> Result<String> {
     Ok(body.to_owned())
 }
 
+/// Panics with the offending lines when the hub's or the agent's log reports an RBAC refusal.
+pub fn assert_nothing_forbidden(hub: &Process, agent: &Process) {
+    let (hub_log, agent_log) = (hub.log_text(), agent.log_text());
+    let (h, a) = (forbidden_lines(&hub_log), forbidden_lines(&agent_log));
+    assert!(
+        h.is_empty() && a.is_empty(),
+        "the charts' RBAC refused something:\nhub: {h:#?}\nagent: {a:#?}"
+    );
+}
+
 /// A free TCP port on 127.0.0.1.
 pub fn free_port() -> Result<u16> {
     Ok(std::net::TcpListener::bind("127.0.0.1:0")?

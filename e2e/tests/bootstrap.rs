@@ -15,7 +15,8 @@ use anyhow::{Context as _, Result, bail, ensure};
 use flotilla_e2e::controlplane::TestCluster;
 use flotilla_e2e::fleet::{Process, tail};
 use flotilla_e2e::pods::{
-    cluster_objects, command, forbidden_lines, local_pod, service_account_kubeconfig, start_hub,
+    assert_nothing_forbidden, cluster_objects, command, local_pod, service_account_kubeconfig,
+    start_hub,
 };
 use flotilla_e2e::{eventually, helm_binary, skip_unless_e2e, workspace_binary};
 use k8s_openapi::api::apps::v1::Deployment;
@@ -303,13 +304,7 @@ async fn bootstrap_installs_a_hub_that_then_manages_itself_from_git() -> Result<
     .await
     .with_context(|| logs(&hub, &agent))?;
 
-    let (hub_log, agent_log) = (hub.log_text(), agent.log_text());
-    assert!(
-        forbidden_lines(&hub_log).is_empty() && forbidden_lines(&agent_log).is_empty(),
-        "the charts' RBAC refused something:\nhub: {:#?}\nagent: {:#?}",
-        forbidden_lines(&hub_log),
-        forbidden_lines(&agent_log)
-    );
+    assert_nothing_forbidden(&hub, &agent);
     hub.stop();
     agent.stop();
     Ok(())

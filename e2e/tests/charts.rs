@@ -15,8 +15,8 @@ use anyhow::{Context as _, Result};
 use flotilla_e2e::controlplane::TestCluster;
 use flotilla_e2e::fleet::{Process, Repo, WorkloadSpec, tail};
 use flotilla_e2e::pods::{
-    apply, command, forbidden_lines, free_port, helm_template, local_pod, scrape_metrics,
-    service_account_kubeconfig, start_hub,
+    apply, assert_nothing_forbidden, command, forbidden_lines, free_port, helm_template, local_pod,
+    scrape_metrics, service_account_kubeconfig, start_hub,
 };
 use flotilla_e2e::{eventually, skip_unless_e2e, workspace_binary};
 use k8s_openapi::api::core::v1::{ConfigMap, Namespace};
@@ -194,13 +194,7 @@ async fn charts_install_and_their_identities_run_the_loop() -> Result<()> {
     );
 
     // Nothing was refused to either identity along the way.
-    let (hub_log, agent_log) = (hub.log_text(), agent.log_text());
-    assert!(
-        forbidden_lines(&hub_log).is_empty() && forbidden_lines(&agent_log).is_empty(),
-        "the charts' RBAC refused something:\nhub: {:#?}\nagent: {:#?}",
-        forbidden_lines(&hub_log),
-        forbidden_lines(&agent_log)
-    );
+    assert_nothing_forbidden(&hub, &agent);
     hub.stop();
     agent.stop();
 
