@@ -555,6 +555,11 @@ impl Published {
 fn publish(args: &BootstrapArgs, plan: &Plan, auth: &PushAuth) -> anyhow::Result<Published> {
     let url = &args.repo;
     let shown = redact_url(url);
+    if !url.contains("://") && ssh_target(url).is_none() && !Path::new(url).exists() {
+        bail!(
+            "--repo {shown}: no such directory (create the repository first, e.g. `git init --bare`)"
+        );
+    }
     let scratch = tempfile::Builder::new()
         .prefix("flotilla-bootstrap-")
         .tempdir()?;

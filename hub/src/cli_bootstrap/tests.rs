@@ -226,3 +226,15 @@ fn the_embedded_charts_are_the_repository_s() {
         assert_eq!(embedded.contents(), on_disk.as_slice(), "{file}");
     }
 }
+
+#[test]
+fn a_missing_local_repository_is_named() {
+    let a = args("/nonexistent/fleet.git");
+    let e = publish(&a, &plan_with(&[]), &PushAuth::None)
+        .unwrap_err()
+        .to_string();
+    assert!(
+        e.contains("--repo /nonexistent/fleet.git: no such directory"),
+        "{e}"
+    );
+}
