@@ -627,7 +627,7 @@ impl Reconciler {
             .inner
             .tracked
             .iter()
-            .filter(|t| t.delivery == delivery)
+            .filter(|t| t.delivery == delivery && !is_itself(&t.object, delivery))
             .map(|t| t.object.clone())
             .collect();
         health::wait_healthy(&self.inner.applier, delivery, &objects, timeout).await
@@ -920,5 +920,60 @@ struct Dec<'a>(&'a prometheus_client::metrics::gauge::Gauge);
 impl Drop for Dec<'_> {
     fn drop(&mut self) {
         self.0.dec();
+    }
+}
+
+/// Whether `object` is the flotilla `Delivery` that delivers it, as in the management cluster
+/// that `flotilla bootstrap` sets up. A bundle names its delivery by the Delivery's name (unique
+/// among the deliveries that reach one cluster). Its readiness waits on this very health check,
+/// so it is applied and watched for drift like any object but not waited on (Flux's
+/// kustomize-controller skips itself the same way).
+fn is_itself(object: &ObjectRef, delivery: &str) -> bool {
+    object.group == "flotilla.dev" && object.kind == "Delivery" && object.name == delivery
+}
+
+#[cfg(test)]
+mod self_reference_tests {
+    use super::*;
+
+    fn obj(group: &str, kind: &str, namespace: &str, name: &str) -> ObjectRef {
+        ObjectRef {
+            group: group.into(),
+            version: "v1alpha1".into(),
+            kind: kind.into(),
+            namespace: namespace.into(),
+            name: name.into(),
+        }
+    }
+
+    #[test]
+    fn only_the_delivery_itself_is_not_waited_on() {
+        let d = "flotilla-system";
+        assert!(is_itself(
+            &obj(
+                "flotilla.dev",
+                "Delivery",
+                "flotilla-system",
+                "flotilla-system"
+            ),
+            d
+        ));
+        for other in [
+            obj("flotilla.dev", "Delivery", "flotilla-system", "apps"),
+            obj(
+                "flotilla.dev",
+                "GitSource",
+                "flotilla-system",
+                "flotilla-system",
+            ),
+            obj(
+                "example.com",
+                "Delivery",
+                "flotilla-system",
+                "flotilla-system",
+            ),
+        ] {
+            assert!(!is_itself(&other, d), "{other:?}");
+        }
     }
 }

@@ -12,6 +12,7 @@
 pub mod bench;
 pub mod controlplane;
 pub mod fleet;
+pub mod pods;
 pub mod sim;
 
 pub use controlplane::TestCluster;

@@ -60,6 +60,15 @@ pub enum Command {
     /// Exit code: 0 no change, 1 changes, 2 error (e.g. a render error, naming file and line).
     /// Secret values are never printed.
     Diff(crate::cli_diff::DiffArgs),
+    /// Install the hub into a management cluster and commit what makes it manage its own
+    /// installation from Git.
+    ///
+    /// Renders the flotilla-hub and flotilla-agent charts into `<path>/<hub namespace>/`
+    /// together with a `GitSource` and a `Delivery` for that path, commits and pushes them
+    /// (unless unchanged), applies them, registers the management cluster with a bootstrap
+    /// token kept out of Git, and waits until the hub reports the Delivery ready. Running it
+    /// again changes only what differs. See docs/bootstrap.md.
+    Bootstrap(Box<crate::cli_bootstrap::BootstrapArgs>),
 }
 
 /// Arguments of `flotilla render`.
@@ -213,6 +222,9 @@ impl Args {
                 let code = crate::cli_diff::diff(&self.hub, args, &mut out, &mut err).await?;
                 out.flush()?;
                 return Ok(std::process::ExitCode::from(code));
+            }
+            Command::Bootstrap(args) => {
+                crate::cli_bootstrap::bootstrap(&self.hub, *args, &mut out).await?
             }
             Command::Render(args) => match match &args.helm_release {
                 Some(f) => args.render_helm(f).await,

@@ -20,6 +20,7 @@
 //! Whether this replica leads is published on a [`watch`] channel; a replica must only write
 //! while it reads `true`.
 
+use crate::controller::util::error_chain;
 use std::time::Duration;
 
 use k8s_openapi::api::coordination::v1::{Lease, LeaseSpec};
@@ -443,17 +444,6 @@ fn jittered(period: Duration, candidate: bool) -> Duration {
         return period;
     }
     period.mul_f64(1.0 + rand::rng().random_range(0.0..0.2))
-}
-
-fn error_chain(error: &Error) -> String {
-    let mut text = error.to_string();
-    let mut source = std::error::Error::source(error);
-    while let Some(cause) = source {
-        text.push_str(": ");
-        text.push_str(&cause.to_string());
-        source = cause.source();
-    }
-    text
 }
 
 #[cfg(test)]

@@ -7,6 +7,7 @@
 pub mod api;
 pub mod bundle;
 pub mod cli;
+pub mod cli_bootstrap;
 pub mod cli_cluster;
 pub mod cli_diff;
 pub mod cli_get;

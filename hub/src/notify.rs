@@ -23,6 +23,7 @@
 //!
 //! The state is in memory: a restarted hub notifies a failure that is still going on once more.
 
+use crate::controller::util::error_chain;
 use std::collections::{BTreeMap, HashMap};
 use std::fmt;
 use std::path::{Path, PathBuf};
@@ -737,17 +738,6 @@ impl Sender {
             source: Scrubbed(text),
         }
     }
-}
-
-fn error_chain(error: &Error) -> String {
-    let mut text = error.to_string();
-    let mut source = std::error::Error::source(error);
-    while let Some(cause) = source {
-        text.push_str(": ");
-        text.push_str(&cause.to_string());
-        source = cause.source();
-    }
-    text
 }
 
 fn rfc3339(time: time::OffsetDateTime) -> String {

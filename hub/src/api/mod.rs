@@ -72,13 +72,22 @@ pub mod reason {
 pub fn crds()
 -> Vec<k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition>
 {
-    vec![
+    let mut crds = vec![
         GitSource::crd(),
         Cluster::crd(),
         Delivery::crd(),
         HelmRepository::crd(),
         HelmRelease::crd(),
-    ]
+    ];
+    // Their descriptions quote `${cluster.name}` and friends: a Delivery that carries them (as
+    // the one `flotilla bootstrap` writes does) must deliver them verbatim.
+    for crd in &mut crds {
+        crd.metadata.annotations.get_or_insert_default().insert(
+            flotilla_render::subst::OPT_OUT_KEY.to_owned(),
+            flotilla_render::subst::DISABLED.to_owned(),
+        );
+    }
+    crds
 }
 
 /// The CRDs as one YAML stream with a header, as committed in `charts/flotilla-hub/crds/`.

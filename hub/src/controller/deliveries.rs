@@ -1529,7 +1529,7 @@ pub fn render_tree(
     options: &flotilla_render::Options,
 ) -> Result<Vec<Value>, String> {
     let rel = flotilla_render::RelPath::new(path).map_err(|e| format!("{e}"))?;
-    flotilla_render::render(tree, &rel, vars, options).map_err(|e| format!("{e}"))
+    flotilla_render::render(tree, &rel, vars, options).map_err(|e| super::util::error_chain(&e))
 }
 
 /// The digest the hub records in a delivery's per-cluster status (`digest`) for a render:

@@ -233,6 +233,18 @@ pub fn max_unavailable(value: Option<&str>, total: usize) -> Result<usize, Strin
     Ok(n.max(1))
 }
 
+/// An error and its causes, `outer: inner: ...`, for statuses and logs that show one line.
+pub fn error_chain(e: &(dyn std::error::Error + 'static)) -> String {
+    let mut s = e.to_string();
+    let mut cur = e.source();
+    while let Some(c) = cur {
+        s.push_str(": ");
+        s.push_str(&c.to_string());
+        cur = c.source();
+    }
+    s
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -354,7 +354,7 @@ async fn get(url: &str, access: &Access, auth_origin: &str, limit: usize) -> Res
             })?
             .map_err(|e| Error::Request {
                 url: url.clone(),
-                message: error_chain(&e),
+                message: crate::controller::util::error_chain(&e),
             })?;
         let status = resp.status();
         if status.is_redirection()
@@ -399,17 +399,6 @@ async fn get(url: &str, access: &Access, auth_origin: &str, limit: usize) -> Res
         url,
         message: "too many redirects".into(),
     })
-}
-
-fn error_chain(e: &(dyn std::error::Error + 'static)) -> String {
-    let mut s = e.to_string();
-    let mut cur = e.source();
-    while let Some(c) = cur {
-        s.push_str(": ");
-        s.push_str(&c.to_string());
-        cur = c.source();
-    }
-    s
 }
 
 /// `scheme://host:port` of a URL.

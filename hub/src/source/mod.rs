@@ -25,6 +25,7 @@ mod verify;
 use std::fmt;
 use std::path::PathBuf;
 
+pub(crate) use auth::ssh_target;
 pub use auth::{Auth, Secret, redact_url};
 pub use fetch::GitCache;
 pub use known_hosts::{HostKeyCheck, KnownHosts};

@@ -1,5 +1,6 @@
 //! Polling a source: interval with jitter, exponential backoff on failure, fetch on demand.
 
+use crate::controller::util::error_chain;
 use std::fmt;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
@@ -309,17 +310,6 @@ async fn wait(delay: Duration, trigger: &Notify) {
 }
 
 /// An error and its causes, joined with `: `.
-fn error_chain(error: &Error) -> String {
-    let mut out = error.to_string();
-    let mut cause = std::error::Error::source(error);
-    while let Some(c) = cause {
-        out.push_str(": ");
-        out.push_str(&c.to_string());
-        cause = c.source();
-    }
-    out
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
