@@ -41,16 +41,21 @@ impl std::fmt::Display for Digest {
 
 /// Encodes a list of objects as a canonical JSON array.
 pub fn encode_objects(objects: &[Value]) -> Vec<u8> {
-    let mut out = Vec::with_capacity(objects.len() * 256);
+    let mut out = Vec::with_capacity(objects.len() * 512);
+    write_objects(&mut out, objects);
+    out
+}
+
+/// Appends a list of objects to `out` as a canonical JSON array.
+pub fn write_objects(out: &mut Vec<u8>, objects: &[Value]) {
     out.push(b'[');
     for (i, object) in objects.iter().enumerate() {
         if i > 0 {
             out.push(b',');
         }
-        write_value(&mut out, object);
+        write_value(out, object);
     }
     out.push(b']');
-    out
 }
 
 /// Encodes one value canonically.
@@ -60,23 +65,18 @@ pub fn encode(value: &Value) -> Vec<u8> {
     out
 }
 
-fn write_value(out: &mut Vec<u8>, value: &Value) {
+/// Appends one value to `out`, encoded canonically.
+pub fn write_value(out: &mut Vec<u8>, value: &Value) {
     match value {
+        // Keys already in byte order (always, unless serde_json's `preserve_order` feature is
+        // on in the build) are written as they come, without collecting and sorting them.
+        Value::Object(map) if map.keys().is_sorted_by(|a, b| a.as_bytes() <= b.as_bytes()) => {
+            write_entries(out, map.iter());
+        }
         Value::Object(map) => {
-            // Sort explicitly: serde_json's map keeps insertion order when any crate in the
-            // build enables its `preserve_order` feature.
             let mut entries: Vec<_> = map.iter().collect();
             entries.sort_unstable_by(|a, b| a.0.as_bytes().cmp(b.0.as_bytes()));
-            out.push(b'{');
-            for (i, (key, v)) in entries.into_iter().enumerate() {
-                if i > 0 {
-                    out.push(b',');
-                }
-                write_scalar(out, &Value::String(key.clone()));
-                out.push(b':');
-                write_value(out, v);
-            }
-            out.push(b'}');
+            write_entries(out, entries.into_iter());
         }
         Value::Array(items) => {
             out.push(b'[');
@@ -90,6 +90,20 @@ fn write_value(out: &mut Vec<u8>, value: &Value) {
         }
         scalar => write_scalar(out, scalar),
     }
+}
+
+fn write_entries<'a>(out: &mut Vec<u8>, entries: impl Iterator<Item = (&'a String, &'a Value)>) {
+    out.push(b'{');
+    for (i, (key, v)) in entries.enumerate() {
+        if i > 0 {
+            out.push(b',');
+        }
+        // A key is written as the JSON string it is, without a copy into a `Value`.
+        let _ = serde_json::to_writer(&mut *out, key.as_str());
+        out.push(b':');
+        write_value(out, v);
+    }
+    out.push(b'}');
 }
 
 fn write_scalar(out: &mut Vec<u8>, value: &Value) {
@@ -139,6 +153,28 @@ mod tests {
             Digest::of(&encode_objects(&[a])),
             Digest::of(&encode_objects(&[c]))
         );
+    }
+
+    #[test]
+    fn keys_are_escaped_like_strings_and_ordered_by_bytes() {
+        // Keys that need escaping, and an order where bytes and chars would disagree if keys
+        // were compared as anything but UTF-8 bytes ("Z" < "a" < "é").
+        let v: Value =
+            serde_json::from_str(r#"{"é":1,"a\"b":{"y":[],"x":{}},"Z\n":true}"#).unwrap();
+        assert_eq!(
+            String::from_utf8(encode(&v)).unwrap(),
+            r#"{"Z\n":true,"a\"b":{"x":{},"y":[]},"é":1}"#
+        );
+        let payload = crate::encode_payload(&[v.clone()], &crate::DeliveryOptions::default());
+        let expected = format!(
+            r#"{{"objects":[{}],"options":{}}}"#,
+            String::from_utf8(encode(&v)).unwrap(),
+            String::from_utf8(encode(
+                &serde_json::to_value(crate::DeliveryOptions::default()).unwrap()
+            ))
+            .unwrap()
+        );
+        assert_eq!(String::from_utf8(payload.to_vec()).unwrap(), expected);
     }
 
     #[test]

@@ -104,12 +104,12 @@ pub struct Payload {
 /// Encodes objects and options as the canonical payload `{"objects":[...],"options":{...}}`.
 pub fn encode_payload(objects: &[Value], options: &DeliveryOptions) -> Bytes {
     let options = serde_json::to_value(options).unwrap_or(Value::Null);
-    let mut out = Vec::with_capacity(objects.len() * 256 + 64);
+    let mut out = Vec::with_capacity(objects.len() * 512 + 256);
     // "objects" sorts before "options", so this is the canonical key order.
     out.extend_from_slice(br#"{"objects":"#);
-    out.extend_from_slice(&canonical::encode_objects(objects));
+    canonical::write_objects(&mut out, objects);
     out.extend_from_slice(br#","options":"#);
-    out.extend_from_slice(&canonical::encode(&options));
+    canonical::write_value(&mut out, &options);
     out.push(b'}');
     Bytes::from(out)
 }
