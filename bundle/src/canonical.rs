@@ -165,7 +165,8 @@ mod tests {
             String::from_utf8(encode(&v)).unwrap(),
             r#"{"Z\n":true,"a\"b":{"x":{},"y":[]},"é":1}"#
         );
-        let payload = crate::encode_payload(&[v.clone()], &crate::DeliveryOptions::default());
+        let payload =
+            crate::encode_payload(std::slice::from_ref(&v), &crate::DeliveryOptions::default());
         let expected = format!(
             r#"{{"objects":[{}],"options":{}}}"#,
             String::from_utf8(encode(&v)).unwrap(),
